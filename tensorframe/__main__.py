@@ -1,0 +1,5 @@
+import sys
+
+from tensorframe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,26 @@
+"""The backbone contract: a Graph in, rotation-invariant features out."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tensorframe.specs import FeatureDims
+from tensorframe.types import Graph, InvariantFeatures
+
+
+class Backbone(nn.Module):
+    """An invariant graph network.
+
+    It may use only invariant geometry (``graph.edge_len``, ``graph.triplet_cos``, element
+    types, the envelopes); never positions or directions themselves. Set ``feature_dims``;
+    ``feature_dims.triplet`` is None when the backbone has no triplet messages, and the
+    model then lifts edge features to triplets for heads that need them.
+
+    Shapes:
+        forward(graph) -> InvariantFeatures(node (N, Fn), edge (E, Fe), triplet (T, Ft) | None)
+    """
+
+    feature_dims: FeatureDims
+
+    def forward(self, graph: Graph) -> InvariantFeatures:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,55 @@
+"""The built-in plugin: heads, fields, readers and the reference backbone, registered
+through the same hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+from tensorframe.fields import BUILTIN_FIELDS, FieldSpec
+from tensorframe.heads.named import (
+    BornHeadConfig,
+    DielectricHeadConfig,
+    ForceHeadConfig,
+    PiezoHeadConfig,
+    build_born_head,
+    build_dielectric_head,
+    build_force_head,
+    build_piezo_head,
+)
+from tensorframe.heads.scalar import ScalarHeadConfig, build_scalar_head
+from tensorframe.heads.tensor import TensorHeadConfig, build_tensor_head
+from tensorframe.hookspecs import hookimpl
+from tensorframe.io.ase_reader import read_ase
+from tensorframe.specs import BackboneSpec, HeadSpec, ReaderSpec
+from tensorframe.testing.reference_backbone import ReferenceBackboneConfig, build_reference_backbone
+
+
+@hookimpl
+def tensorframe_register_backbones() -> list[BackboneSpec]:
+    return [
+        BackboneSpec("reference", ReferenceBackboneConfig, build_reference_backbone,
+                     "small invariant message-passing network for tests and examples"),
+    ]
+
+
+@hookimpl
+def tensorframe_register_heads() -> list[HeadSpec]:
+    return [
+        HeadSpec("force", ForceHeadConfig, build_force_head, "forces, F_j = sum_k t_kj e_kj (Eq. 3)"),
+        HeadSpec("born", BornHeadConfig, build_born_head, "Born charges, edge + triplet terms (Eq. 4-6)"),
+        HeadSpec("dielectric", DielectricHeadConfig, build_dielectric_head, "dielectric tensor, mean of e(x)e terms (Eq. 7)"),
+        HeadSpec("piezo", PiezoHeadConfig, build_piezo_head, "piezoelectric tensor, rank-3 products (Eq. 8)"),
+        HeadSpec("scalar", ScalarHeadConfig, build_scalar_head, "scalar per atom or structure (energy, ...)"),
+        HeadSpec("tensor", TensorHeadConfig, build_tensor_head, "any rank 1-4 tensor with an e3nn symmetry formula"),
+    ]
+
+
+@hookimpl
+def tensorframe_register_fields() -> list[FieldSpec]:
+    return list(BUILTIN_FIELDS)
+
+
+@hookimpl
+def tensorframe_register_readers() -> list[ReaderSpec]:
+    return [
+        ReaderSpec("ase", read_ase, (".xyz", ".extxyz", ".cif", ".vasp", "poscar", "contcar", ".traj"),
+                   "any structure file ase reads; labels from arrays/info named like fields"),
+    ]

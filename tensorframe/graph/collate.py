@@ -1,0 +1,117 @@
+"""Batching samples into one :class:`Graph`, with geometry computed once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tensorframe.graph.neighbors import neighbor_list
+from tensorframe.graph.triplets import build_triplets
+from tensorframe.ops.radial import cosine_cutoff
+from tensorframe.types import Graph, Sample
+
+
+def build_graph(
+    samples: Sequence[Sample],
+    cutoff: float,
+    triplet_cutoff: float | None = None,
+    max_neighbors: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    positions: torch.Tensor | None = None,
+) -> Graph:
+    """Neighbour lists for each sample, joined by atom offsets, then triplets and geometry.
+
+    Args:
+        triplet_cutoff: only edges shorter than this enter triplets (default: ``cutoff``).
+        positions: (N, 3) optional positions tensor (e.g. with ``requires_grad``) that
+            replaces the samples' positions in the geometry.
+
+    Raises:
+        ValueError: naming the structure index, for bad cutoffs or overlapping atoms.
+    """
+    if len(samples) == 0:
+        raise ValueError("samples: expected at least one structure, got none")
+    triplet_cutoff = cutoff if triplet_cutoff is None else triplet_cutoff
+    if not 0 < triplet_cutoff <= cutoff:
+        raise ValueError(f"triplet_cutoff: expected 0 < triplet_cutoff <= cutoff = {cutoff}, got {triplet_cutoff}")
+    idx_i, idx_j, shifts, edge_batch = [], [], [], []
+    offset = 0
+    for index, sample in enumerate(samples):
+        try:
+            nl = neighbor_list(sample, cutoff, max_neighbors)
+        except ValueError as error:
+            raise ValueError(f"structure {index}: {error}") from error
+        idx_i.append(nl.idx_i + offset)
+        idx_j.append(nl.idx_j + offset)
+        shifts.append(nl.cell_shift)
+        edge_batch.append(np.full(nl.idx_i.shape[0], index, dtype=np.int64))
+        offset += sample.num_atoms
+
+    def long(arrays: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate(arrays)).to(device=device, dtype=torch.long)
+
+    counts = [s.num_atoms for s in samples]
+    numbers = long([s.numbers for s in samples])
+    if positions is None:
+        positions = torch.from_numpy(np.concatenate([s.positions for s in samples])).to(device=device, dtype=dtype)
+    cell = torch.from_numpy(np.stack([s.cell for s in samples])).to(device=device, dtype=dtype)
+    pbc = torch.from_numpy(np.stack([s.pbc for s in samples])).to(device=device)
+    batch = torch.repeat_interleave(torch.arange(len(samples), device=device), torch.tensor(counts, device=device))
+    ptr = torch.tensor([0, *np.cumsum(counts).tolist()], device=device, dtype=torch.long)
+    idx_i_t, idx_j_t, edge_batch_t = long(idx_i), long(idx_j), long(edge_batch)
+    shift_t = long([s.reshape(-1, 3) for s in shifts])
+
+    edge_vec, edge_len, edge_dir = edge_geometry(positions, cell, idx_i_t, idx_j_t, shift_t, edge_batch_t)
+    in_triplets = edge_len.detach() < triplet_cutoff
+    idx_kj, idx_ji = build_triplets(idx_i_t, idx_j_t, shift_t, offset, in_triplets)
+    triplet_cos = (-(edge_dir[idx_kj] * edge_dir[idx_ji]).sum(-1)).clamp(-1.0, 1.0)
+    triplet_envelope = cosine_cutoff(edge_len[idx_kj], triplet_cutoff) * cosine_cutoff(edge_len[idx_ji], triplet_cutoff)
+    return Graph(
+        numbers=numbers,
+        positions=positions,
+        batch=batch,
+        ptr=ptr,
+        cell=cell,
+        pbc=pbc,
+        idx_i=idx_i_t,
+        idx_j=idx_j_t,
+        cell_shift=shift_t,
+        edge_batch=edge_batch_t,
+        edge_vec=edge_vec,
+        edge_len=edge_len,
+        edge_dir=edge_dir,
+        edge_envelope=cosine_cutoff(edge_len, cutoff),
+        idx_kj=idx_kj,
+        idx_ji=idx_ji,
+        triplet_cos=triplet_cos,
+        triplet_envelope=triplet_envelope,
+        cutoff=float(cutoff),
+        triplet_cutoff=float(triplet_cutoff),
+    )
+
+
+def edge_geometry(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    idx_i: torch.Tensor,
+    idx_j: torch.Tensor,
+    cell_shift: torch.Tensor,
+    edge_batch: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edge vectors ``r_i - (r_j + shift @ cell)``, their lengths and unit vectors.
+
+    Shapes:
+        positions (N, 3), cell (B, 3, 3), idx_i/idx_j/edge_batch (E,), cell_shift (E, 3)
+        -> edge_vec (E, 3), edge_len (E,), edge_dir (E, 3)
+    """
+    image = torch.einsum("ea,eab->eb", cell_shift.to(positions.dtype), cell[edge_batch])
+    edge_vec = positions[idx_i] - positions[idx_j] - image
+    edge_len = torch.linalg.vector_norm(edge_vec, dim=-1)
+    edge_dir = edge_vec / edge_len.unsqueeze(-1)
+    return edge_vec, edge_len, edge_dir
+
+
+__all__ = ["build_graph", "edge_geometry"]

@@ -1,0 +1,139 @@
+"""TensorModel: backbone + (optional triplet lifting) + heads, and ``build_model``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from tensorframe.backbones.base import Backbone
+from tensorframe.config import ConfigError, ModelConfig, format_validation_error, parse_model_config
+from tensorframe.graph.collate import build_graph
+from tensorframe.heads.base import Head
+from tensorframe.io.convert import to_sample
+from tensorframe.lifting import TripletLifting
+from tensorframe.registry import PluginError, Registry, get_registry
+from tensorframe.specs import FeatureDims, GraphSettings
+from tensorframe.types import Graph, InvariantFeatures, Sample
+
+
+class TensorModel(nn.Module):
+    """Predicts every head's field from a batched :class:`Graph`.
+
+    ``forward`` returns ``{field name: tensor}`` with atom-level fields (N, 3, ...) and
+    structure-level fields (B, 3, ...); ``predict`` takes structures and returns numpy.
+    """
+
+    def __init__(self, config: ModelConfig, backbone: Backbone, heads: Sequence[Head], lifting: TripletLifting | None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.lifting = lifting
+        names = [head.field.name for head in heads]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ConfigError(f"heads: field(s) {duplicated} are predicted by more than one head")
+        self.heads = nn.ModuleDict({head.field.name: head for head in heads})
+
+    @property
+    def graph_settings(self) -> GraphSettings:
+        return GraphSettings(self.config.cutoff, self.config.effective_triplet_cutoff, self.config.max_neighbors)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return {name: head.field for name, head in self.heads.items()}
+
+    def features(self, graph: Graph) -> InvariantFeatures:
+        features = self.backbone(graph)
+        if features.triplet is None and self.lifting is not None:
+            features = replace(features, triplet=self.lifting(graph, features))
+        return features
+
+    def forward(self, graph: Graph) -> dict[str, torch.Tensor]:
+        features = self.features(graph)
+        return {name: head(graph, features) for name, head in self.heads.items()}
+
+    def _reference(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    def make_graph(self, samples: Sequence[Sample], device: torch.device | str | None = None) -> Graph:
+        """A batched graph with this model's cutoffs, dtype and (by default) device."""
+        reference = self._reference()
+        settings = self.graph_settings
+        return build_graph(
+            samples, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
+            dtype=reference.dtype, device=device if device is not None else reference.device,
+        )
+
+    @torch.no_grad()
+    def predict(self, structures: Iterable[Any], batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+        """One dict per structure of numpy arrays keyed by field name.
+
+        Accepts ase.Atoms, pymatgen Structure/Molecule or Sample; e.g. ``forces`` (N, 3),
+        ``born_charges`` (N, 3, 3), ``dielectric`` (3, 3), ``piezo`` (3, 3, 3).
+        """
+        samples = [to_sample(s, index) for index, s in enumerate(structures)]
+        was_training = self.training
+        self.eval()
+        results: list[dict[str, np.ndarray]] = []
+        try:
+            for start in range(0, len(samples), batch_size):
+                chunk = samples[start : start + batch_size]
+                graph = self.make_graph(chunk)
+                outputs = self(graph)
+                ptr = graph.ptr.tolist()
+                for b in range(len(chunk)):
+                    row = {}
+                    for name, value in outputs.items():
+                        part = value[ptr[b] : ptr[b + 1]] if self.heads[name].field.level == "atom" else value[b]
+                        row[name] = part.detach().cpu().numpy()
+                    results.append(row)
+        finally:
+            self.train(was_training)
+        return results
+
+
+def _validate_options(spec_config: type, options: dict[str, Any], path: str):
+    try:
+        return spec_config.model_validate(options)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, prefix=path)) from None
+
+
+def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None = None) -> TensorModel:
+    """A randomly initialised :class:`TensorModel` from a config (dict or :class:`ModelConfig`).
+
+    Raises:
+        ConfigError: naming the field path (``heads[1].hidden``) and valid choices.
+    """
+    config = parse_model_config(config)
+    registry = registry or get_registry()
+    try:
+        backbone_spec = registry.get("backbone", config.backbone.name)
+    except PluginError as error:
+        raise ConfigError(f"backbone.name: {error}") from None
+    settings = GraphSettings(config.cutoff, config.effective_triplet_cutoff, config.max_neighbors)
+    backbone = backbone_spec.build(_validate_options(backbone_spec.config, config.backbone.options, "backbone"), settings)
+    dims: FeatureDims = backbone.feature_dims
+    lift_dims = dims if dims.triplet is not None else replace(dims, triplet=config.lifting.out_dim)
+    heads = []
+    for index, choice in enumerate(config.heads):
+        try:
+            head_spec = registry.get("head", choice.name)
+        except PluginError as error:
+            raise ConfigError(f"heads[{index}].name: {error}") from None
+        options = _validate_options(head_spec.config, choice.options, f"heads[{index}]")
+        try:
+            heads.append(head_spec.build(options, lift_dims))
+        except (ValueError, PluginError) as error:
+            raise ConfigError(f"heads[{index}]: {error}") from None
+    lifting = None
+    if dims.triplet is None and any(head.needs_triplets for head in heads):
+        lift = config.lifting
+        lifting = TripletLifting(dims.edge, out_dim=lift.out_dim, hidden=lift.hidden, num_angular=lift.num_angular)
+    return TensorModel(config, backbone, heads, lifting)

@@ -1,0 +1,1 @@
+"""Numerical building blocks: scatter sums, radial/angular bases, basis products, symmetry."""

@@ -1,0 +1,175 @@
+"""The plugin manager: built-ins and entry points, registered and checked the same way.
+
+A plugin that fails to import, declares an unknown hook, raises in a hook or registers a
+name that another plugin already took is recorded as a :class:`PluginProblem` naming the
+plugin and its distribution; the other plugins stay usable. Asking for a broken or
+duplicated name raises :class:`PluginError` with that explanation.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from tensorframe import hookspecs
+
+ENTRY_POINT_GROUP = "tensorframe"
+KINDS = ("backbone", "head", "field", "reader")
+_HOOKS = {
+    "backbone": "tensorframe_register_backbones",
+    "head": "tensorframe_register_heads",
+    "field": "tensorframe_register_fields",
+    "reader": "tensorframe_register_readers",
+}
+
+
+class PluginError(LookupError):
+    """A name that no working plugin provides, or that two plugins provide."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered item: ``name`` of ``kind`` from ``plugin`` in ``distribution``."""
+
+    name: str
+    kind: str
+    plugin: str
+    distribution: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    plugin: str
+    distribution: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r} (distribution {self.distribution!r}): {self.message}"
+
+
+@dataclass
+class Registry:
+    """Everything the installed plugins registered, by kind and name."""
+
+    items: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    info: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    duplicates: dict[tuple[str, str], list[PluginInfo]] = field(default_factory=dict)
+    problems: list[PluginProblem] = field(default_factory=list)
+    manager: pluggy.PluginManager | None = None
+
+    def get(self, kind: str, name: str) -> Any:
+        """The spec registered as ``name``; raises :class:`PluginError` with the choices."""
+        if (kind, name) in self.duplicates:
+            owners = ", ".join(f"plugin {i.plugin!r} ({i.distribution})" for i in self.duplicates[kind, name])
+            raise PluginError(f"{kind} {name!r} is registered by more than one plugin: {owners}; uninstall one")
+        try:
+            return self.items[kind][name]
+        except KeyError:
+            choices = ", ".join(sorted(self.items[kind])) or "none"
+            hint = "".join(f"\n  {p}" for p in self.problems)
+            broken = f"\nplugins that failed to load:{hint}" if hint else ""
+            raise PluginError(f"unknown {kind} {name!r}; valid choices: {choices}{broken}") from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.items[kind])
+
+    def rows(self) -> list[PluginInfo]:
+        """Every registered item, duplicates included, sorted by kind and name."""
+        rows = [i for kind in KINDS for i in self.info[kind].values()]
+        for (kind, name), owners in self.duplicates.items():
+            rows.extend(o for o in owners if o not in rows)
+        return sorted(rows, key=lambda r: (KINDS.index(r.kind), r.name, r.plugin))
+
+    def add(self, kind: str, name: str, spec: Any, info: PluginInfo) -> None:
+        if (kind, name) in self.duplicates:
+            self.duplicates[kind, name].append(info)
+        elif name in self.items[kind]:
+            first = self.info[kind].pop(name)
+            del self.items[kind][name]
+            self.duplicates[kind, name] = [first, info]
+            self.problems.append(
+                PluginProblem(info.plugin, info.distribution,
+                              f"{kind} {name!r} is already registered by plugin {first.plugin!r} ({first.distribution})")
+            )
+        else:
+            self.items[kind][name] = spec
+            self.info[kind][name] = info
+
+
+def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), load_entry_points: bool = True) -> Registry:
+    """A fresh registry: built-ins, then installed entry points, then ``extra_plugins``
+    given as ``(name, module_or_object)`` (handy in tests and notebooks)."""
+    from tensorframe import builtin_plugin
+
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs)
+    registry = Registry(manager=manager)
+    distributions: dict[str, str] = {}
+
+    def register(name: str, plugin: object, distribution: str) -> None:
+        try:
+            manager.register(plugin, name=name)
+            manager.check_pending()
+        except Exception as error:  # noqa: BLE001 - a broken plugin must not hide the others
+            if manager.is_registered(plugin):
+                manager.unregister(plugin)
+            registry.problems.append(PluginProblem(name, distribution, f"invalid plugin: {error}"))
+            return
+        distributions[name] = distribution
+
+    register("tensorframe", builtin_plugin, "tensorframe")
+    if load_entry_points:
+        for entry_point in _entry_points():
+            distribution = entry_point.dist.name if entry_point.dist is not None else "unknown"
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # noqa: BLE001
+                registry.problems.append(
+                    PluginProblem(entry_point.name, distribution,
+                                  f"failed to import {entry_point.value!r}: {type(error).__name__}: {error}")
+                )
+                continue
+            register(entry_point.name, plugin, distribution)
+    for name, plugin in extra_plugins:
+        register(name, plugin, getattr(plugin, "__distribution__", "local"))
+
+    for kind, hook_name in _HOOKS.items():
+        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+            distribution = distributions.get(impl.plugin_name, "unknown")
+            try:
+                specs = impl.function() or []
+            except Exception as error:  # noqa: BLE001
+                registry.problems.append(
+                    PluginProblem(impl.plugin_name, distribution, f"{hook_name} raised {type(error).__name__}: {error}")
+                )
+                continue
+            for spec in specs:
+                info = PluginInfo(spec.name, kind, impl.plugin_name, distribution, getattr(spec, "description", ""))
+                registry.add(kind, spec.name, spec, info)
+    return registry
+
+
+@functools.lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    return build_registry()
+
+
+def reset_registry() -> None:
+    """Forget the cached registry (after installing or removing plugins at run time)."""
+    get_registry.cache_clear()
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every backbone, head, field and reader with the plugin and distribution providing it."""
+    return get_registry().rows()
