@@ -26,7 +26,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = registry.rows()
     widths = [max(len(getattr(r, a)) for r in rows + [_header()]) for a in ("kind", "name", "plugin", "distribution")]
     for row in [_header(), *rows]:
-        cells = [getattr(row, a).ljust(w) for a, w in zip(("kind", "name", "plugin", "distribution"), widths)]
+        cells = [getattr(row, a).ljust(w) for a, w in zip(("kind", "name", "plugin", "distribution"), widths, strict=True)]
         print("  ".join(cells) + ("  " + row.description if row.description else ""))
     for problem in registry.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -62,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nrandomly initialised model: backbone {backbone!r}, heads {list(model.heads)}, "
           f"{sum(p.numel() for p in model.parameters())} parameters")
     np.set_printoptions(precision=4, suppress=True)
-    for name, sample, prediction in zip(names, samples, model.predict(samples)):
+    for name, sample, prediction in zip(names, samples, model.predict(samples), strict=True):
         print(f"\n== {name} ({sample.num_atoms} atoms)")
         for field, value in prediction.items():
             print(f"{field} {value.shape}:\n{value if value.ndim <= 2 else value.reshape(value.shape[0], -1)}")

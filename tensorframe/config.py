@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -48,25 +60,62 @@ class ModelConfig(BaseModel):
     heads: list[PluginChoice] = Field(min_length=1)
     lifting: LiftingConfig = LiftingConfig()
 
-    @model_validator(mode="after")
-    def _triplet_cutoff_within_cutoff(self) -> ModelConfig:
-        if self.triplet_cutoff is not None and self.triplet_cutoff > self.cutoff:
-            raise ValueError(f"triplet_cutoff ({self.triplet_cutoff}) must not exceed cutoff ({self.cutoff})")
-        return self
+    @field_validator("triplet_cutoff")
+    @classmethod
+    def _triplet_cutoff_within_cutoff(cls, value: float | None, info: ValidationInfo) -> float | None:
+        cutoff = info.data.get("cutoff")  # absent when the cutoff itself was invalid
+        if value is not None and cutoff is not None and value > cutoff:
+            raise ValueError(f"triplet_cutoff ({value}) must not exceed cutoff ({cutoff})")
+        return value
 
     @property
     def effective_triplet_cutoff(self) -> float:
         return self.triplet_cutoff if self.triplet_cutoff is not None else self.cutoff
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line per problem: ``path: message``, with the path as a user writes it."""
+def _model_at(model: Any, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class found at ``loc`` inside ``model`` (list items and Optional unwrapped)."""
+
+    def unwrap(annotation: Any) -> Any:
+        while typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+            annotation = next((a for a in typing.get_args(annotation) if a is not type(None)), None)
+        return annotation
+
+    current = unwrap(model)
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        current = unwrap(current.model_fields[part].annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _explain(item: Any, model: type[BaseModel] | None) -> str:
+    """Pydantic's message, with the valid keys for an unknown key and without 'Value error, '."""
+    if item["type"] == "value_error" and "error" in item.get("ctx", {}):
+        return str(item["ctx"]["error"])
+    if item["type"] == "extra_forbidden" and model is not None:
+        owner = _model_at(model, tuple(item["loc"][:-1]))
+        if owner is not None:
+            valid = sorted(owner.model_fields)
+            close = difflib.get_close_matches(str(item["loc"][-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"unknown option{hint} (valid options: {', '.join(valid)})"
+    return item["msg"]
+
+
+def format_validation_error(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per problem: ``path: message``, with the path as a user writes it.
+
+    Given the ``model`` that was validated, an unknown key lists the valid ones.
+    """
     lines = []
     for item in error.errors():
         path = prefix
         for part in item["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        lines.append(f"{path or '<config>'}: {item['msg']}")
+        lines.append(f"{path or '<config>'}: {_explain(item, model)}")
     return "; ".join(lines)
 
 
@@ -76,4 +125,4 @@ def parse_model_config(config: ModelConfig | dict[str, Any]) -> ModelConfig:
     try:
         return ModelConfig.model_validate(config)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error)) from None
+        raise ConfigError(format_validation_error(error, model=ModelConfig)) from None

@@ -35,9 +35,9 @@ class TensorModel(nn.Module):
         self.backbone = backbone
         self.lifting = lifting
         names = [head.field.name for head in heads]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ConfigError(f"heads: field(s) {duplicated} are predicted by more than one head")
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            where = ", ".join(f"heads[{i}]" for i, n in enumerate(names) if n == name)
+            raise ConfigError(f"heads: {where} predict the same field {name!r}; give each field one head")
         self.heads = nn.ModuleDict({head.field.name: head for head in heads})
 
     @property
@@ -102,7 +102,7 @@ def _validate_options(spec_config: type, options: dict[str, Any], path: str):
     try:
         return spec_config.model_validate(options)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, prefix=path)) from None
+        raise ConfigError(format_validation_error(error, prefix=path, model=spec_config)) from None
 
 
 def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None = None) -> TensorModel:

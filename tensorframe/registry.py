@@ -82,7 +82,7 @@ class Registry:
     def rows(self) -> list[PluginInfo]:
         """Every registered item, duplicates included, sorted by kind and name."""
         rows = [i for kind in KINDS for i in self.info[kind].values()]
-        for (kind, name), owners in self.duplicates.items():
+        for owners in self.duplicates.values():
             rows.extend(o for o in owners if o not in rows)
         return sorted(rows, key=lambda r: (KINDS.index(r.kind), r.name, r.plugin))
 

@@ -67,8 +67,11 @@ def build_graph(
     edge_vec, edge_len, edge_dir = edge_geometry(positions, cell, idx_i_t, idx_j_t, shift_t, edge_batch_t)
     in_triplets = edge_len.detach() < triplet_cutoff
     idx_kj, idx_ji = build_triplets(idx_i_t, idx_j_t, shift_t, offset, in_triplets)
-    triplet_cos = (-(edge_dir[idx_kj] * edge_dir[idx_ji]).sum(-1)).clamp(-1.0, 1.0)
-    triplet_envelope = cosine_cutoff(edge_len[idx_kj], triplet_cutoff) * cosine_cutoff(edge_len[idx_ji], triplet_cutoff)
+    # Gathers with index_select (faster than [] on CPU); the envelope is evaluated per edge
+    # and then gathered, rather than twice per triplet.
+    triplet_cos = (-(edge_dir.index_select(0, idx_kj) * edge_dir.index_select(0, idx_ji)).sum(-1)).clamp(-1.0, 1.0)
+    edge_triplet_envelope = cosine_cutoff(edge_len, triplet_cutoff)
+    triplet_envelope = edge_triplet_envelope.index_select(0, idx_kj) * edge_triplet_envelope.index_select(0, idx_ji)
     return Graph(
         numbers=numbers,
         positions=positions,

@@ -48,9 +48,12 @@ def neighbor_list(sample: Sample, cutoff: float, max_neighbors: int | None = Non
     i, j, shift, dist = calculator.compute(
         points=sample.positions, box=box, periodic=[bool(p) for p in sample.pbc], quantities="ijSd"
     )
-    idx_i = i.astype(np.int64)
-    idx_j = j.astype(np.int64)
-    shift = shift.astype(np.int64)
+    # vesin keeps pairs at exactly the cutoff; "closer than" (as ase) drops them.
+    inside = dist < cutoff
+    idx_i = i[inside].astype(np.int64)
+    idx_j = j[inside].astype(np.int64)
+    shift = shift[inside].astype(np.int64)
+    dist = dist[inside]
     if dist.size and dist.min() < 1e-6:
         bad = int(np.argmin(dist))
         raise ValueError(

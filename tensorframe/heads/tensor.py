@@ -149,21 +149,22 @@ class CartesianTensorHead(Head):
         return out.reshape(out.shape[0], *self.field.shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _needs_projection(formula: str) -> bool:
     return "=" in formula
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def basis_span_rank(formula: str, edge_words: tuple[str, ...], triplet_words: tuple[str, ...]) -> int:
-    """Rank of the projected basis products around one generic atom (8 random neighbours).
+    """Rank of the projected basis products around one generic atom (16 random neighbours,
+    enough rows for edge words alone to reach a fully symmetric rank-4 tensor's 15 dimensions).
 
     Equals the subspace dimension exactly when the words can reach every tensor of the formula.
     """
     generator = torch.Generator().manual_seed(1234)
-    directions = torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    directions = torch.randn(16, 3, generator=generator, dtype=torch.float64)
     directions = directions / directions.norm(dim=-1, keepdim=True)
-    pairs = torch.tensor([(p, q) for p in range(8) for q in range(8) if p != q])
+    pairs = torch.tensor([(p, q) for p in range(16) for q in range(16) if p != q])
     a, b = directions[pairs[:, 0]], directions[pairs[:, 1]]
     rows = [word_product(w, directions) for w in edge_words]
     rows += [word_product(w, a, b) for w in triplet_words]

@@ -22,8 +22,11 @@ def to_sample(structure: Any, index: int | None = None) -> Sample:
         import ase
 
         if isinstance(structure, ase.Atoms):
-            pbc = np.asarray(structure.pbc, dtype=bool)
-            cell = np.asarray(structure.cell.array) if pbc.any() else np.zeros((3, 3))
+            cell = np.asarray(structure.cell.array, dtype=np.float64)
+            # Extended XYZ files of molecules often carry Lattice="0 0 0 ...", which ase reads
+            # as periodic; a zero cell vector repeats nothing, so that direction is open.
+            pbc = np.asarray(structure.pbc, dtype=bool) & (np.linalg.norm(cell, axis=1) > 0)
+            cell = cell if pbc.any() else np.zeros((3, 3))
             return Sample(structure.numbers, structure.positions, cell, pbc)
     except ImportError:  # pragma: no cover
         pass

@@ -58,13 +58,23 @@ def default_triplet_words(rank: int, parity: int) -> tuple[str, ...]:
     """Triplet words of length M and the right parity.
 
     Natural parity ``(-1)^M``: words over {a, b} that start with ``a`` and contain ``b``
-    (both orders of every pair are triplets, so swapping a and b adds nothing).
+    (both orders of every pair are triplets, so swapping a and b adds nothing); at rank 4
+    also the words with two ``c`` and ``a``, ``b`` once each in that order (``"abcc"``,
+    ``"acbc"``, ...): coplanar a, b alone miss the components ``eps_ijk u_l`` (three
+    copies of 1e in ``"ijkl"``), which need three independent directions.
     Opposite parity: words with exactly one ``c`` and the rest over {a, b}.
+
+    Together with ``a^M`` these span every formula's subspace except its pseudoscalar
+    components, which no product of two vectors can reach.
     """
     if parity == (-1) ** rank:
-        return tuple(
-            "".join(w) for w in itertools.product("ab", repeat=rank) if w[0] == "a" and "b" in w
-        )
+        words = ["".join(w) for w in itertools.product("ab", repeat=rank) if w[0] == "a" and "b" in w]
+        if rank == 4:
+            words += [
+                "".join(w) for w in itertools.product("abc", repeat=rank)
+                if w.count("c") == 2 and "".join(w).replace("c", "") == "ab"
+            ]
+        return tuple(words)
     words = []
     for position in range(rank):
         for rest in itertools.product("ab", repeat=rank - 1):

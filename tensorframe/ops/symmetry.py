@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parse_formula(formula: str) -> tuple[str, tuple[tuple[tuple[int, ...], int], ...]]:
     """``"ijk=ikj"`` -> (``"ijk"``, ((permutation, sign), ...)).
 
@@ -44,7 +44,7 @@ def formula_rank(formula: str) -> int:
     return len(parse_formula(formula)[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _symmetry_group(formula: str) -> tuple[tuple[tuple[int, ...], int], ...]:
     base, generators = parse_formula(formula)
     identity = (tuple(range(len(base))), 1)
@@ -60,7 +60,7 @@ def _symmetry_group(formula: str) -> tuple[tuple[tuple[int, ...], int], ...]:
     return tuple(sorted(group))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _projector_numpy(formula: str) -> np.ndarray:
     rank = formula_rank(formula)
     size = 3**rank

@@ -43,8 +43,9 @@ class ReferenceBackbone(Backbone):
     def forward(self, graph: Graph) -> InvariantFeatures:
         rbf = self.radial(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)
         node = self.embedding(graph.numbers)
-        for filter_layer, update in zip(self.filters, self.updates):
-            messages = node[graph.idx_j] * filter_layer(rbf)
+        for filter_layer, update in zip(self.filters, self.updates, strict=True):
+            # The envelope also on the filter's bias: messages vanish smoothly at the cutoff.
+            messages = node[graph.idx_j] * filter_layer(rbf) * graph.edge_envelope.unsqueeze(-1)
             node = node + update(scatter_sum(messages, graph.idx_i, graph.num_nodes))
         # Centre first: the edge into an Al from an N differs from the edge into that N.
         edge = nn.functional.silu(self.edge_out(torch.cat([node[graph.idx_i], node[graph.idx_j], rbf], dim=-1)))

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (run as scripts, e.g. ``python -m benchmarks.bench_core``; not timed tests)."""

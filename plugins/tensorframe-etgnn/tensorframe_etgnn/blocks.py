@@ -1,0 +1,257 @@
+"""The building blocks of ETGNN (DimeNet++ with triplet messages), in the order a forward uses them.
+
+Notation: edge ``e = j -> i`` carries the message ``m_ji``; triplet ``t = k -> j -> i`` joins
+edges ``idx_kj[t]`` and ``idx_ji[t]`` and carries ``m_kji``. Every per-triplet tensor is at
+most ``int_emb_size`` or ``triplet_dim`` wide: projections are applied to atoms or edges
+first and gathered onto triplets afterwards, never (triplets x hidden x basis).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from tensorframe.ops.scatter import scatter_sum
+from tensorframe_etgnn.ops import gather_mul
+
+_ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"activation: unknown {name!r}; valid choices: {', '.join(sorted(_ACTIVATIONS))}") from None
+
+
+class ResidualLayer(nn.Module):
+    """``x + act(W2 act(W1 x + b1) + b2)`` (the paper's residual block, Fig. 2(e)).
+
+    Shapes: x (M, width) -> (M, width)
+    """
+
+    def __init__(self, width: int, activation: str) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(width, width)
+        self.lin2 = nn.Linear(width, width)
+        self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.lin2(self.act(self.lin1(x))))
+
+
+def _bottleneck(num_in: int, basis_emb_size: int, num_out: int) -> nn.Sequential:
+    """Two bias-free linear maps through ``basis_emb_size`` (DimeNet++'s basis projection)."""
+    return nn.Sequential(nn.Linear(num_in, basis_emb_size, bias=False), nn.Linear(basis_emb_size, num_out, bias=False))
+
+
+class EdgeEmbedding(nn.Module):
+    """Element embeddings and the first edge messages ``m_ji = act(W [h_i, h_j, act(W_r rbf)])``.
+
+    Shapes:
+        numbers (N,), rbf (E, num_radial), idx_i/idx_j (E,)
+        -> messages (E, hidden), atoms (N, hidden), radial (E, hidden)
+    """
+
+    def __init__(self, num_radial: int, hidden: int, max_z: int, activation: str) -> None:
+        super().__init__()
+        self.element = nn.Embedding(max_z + 1, hidden)
+        nn.init.uniform_(self.element.weight, -math.sqrt(3.0), math.sqrt(3.0))
+        self.radial = nn.Linear(num_radial, hidden)
+        self.mix = nn.Linear(3 * hidden, hidden)
+        self.act = make_activation(activation)
+
+    def forward(
+        self, numbers: torch.Tensor, rbf: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        atoms = self.element(numbers)
+        radial = self.act(self.radial(rbf))
+        messages = self.act(self.mix(torch.cat([atoms[idx_i], atoms[idx_j], radial], dim=-1)))
+        return messages, atoms, radial
+
+
+class TripletEmbedding(nn.Module):
+    """First triplet messages from the three atoms ``k, j, i``, the radial features of edge
+    ``ji`` and the spherical basis (whose radial part is the length of ``kj``):
+    ``m_kji = act(A_k h_k + A_j h_j + A_i h_i + R r_ji + S sbf_kji)``, a linear map of their
+    concatenation written as a sum. The ``k`` term is a function of edge ``kj`` and the
+    ``j, i, r_ji`` terms of edge ``ji``, so both are formed on edges and gathered once each.
+
+    Shapes:
+        atoms (N, hidden), radial (E, hidden), sbf (T, num_sbf), idx_i/idx_j (E,),
+        idx_kj/idx_ji (T,) -> (T, triplet_dim)
+    """
+
+    def __init__(self, hidden: int, num_sbf: int, triplet_dim: int, activation: str) -> None:
+        super().__init__()
+        self.atom_k = nn.Linear(hidden, triplet_dim)
+        self.atom_j = nn.Linear(hidden, triplet_dim, bias=False)
+        self.atom_i = nn.Linear(hidden, triplet_dim, bias=False)
+        self.radial = nn.Linear(hidden, triplet_dim, bias=False)
+        self.angular = nn.Linear(num_sbf, triplet_dim, bias=False)
+        self.act = make_activation(activation)
+
+    def forward(
+        self,
+        atoms: torch.Tensor,
+        radial: torch.Tensor,
+        sbf: torch.Tensor,
+        idx_i: torch.Tensor,
+        idx_j: torch.Tensor,
+        idx_kj: torch.Tensor,
+        idx_ji: torch.Tensor,
+    ) -> torch.Tensor:
+        # Edge e = b -> a: as kj its neighbour b is k; as ji its neighbour b is j and its centre a is i.
+        as_kj = self.atom_k(atoms)[idx_j]
+        as_ji = self.atom_j(atoms)[idx_j] + self.atom_i(atoms)[idx_i] + self.radial(radial)
+        return self.act(self.angular(sbf) + as_kj[idx_kj] + as_ji[idx_ji])
+
+
+class EdgeUpdate(nn.Module):
+    """DimeNet++ interaction: ``m_ji`` gathers the down-projected ``m_kj`` of every triplet
+    ``k -> j -> i``, filtered by the triplet's angular filter, then residual layers.
+
+        x_kj = act(down(act(W_kj m_kj) * rbf_kj));  agg_ji = sum_k x_kj * s_kji
+        h = act(W_ji m_ji) + up(agg_ji) -> residual layers -> act(W h) + m_ji -> residual layers
+
+    Shapes:
+        messages (E, hidden), rbf (E, num_radial), angular_filter (T, int_emb_size),
+        idx_kj/idx_ji (T,) -> (E, hidden)
+    """
+
+    def __init__(
+        self, hidden: int, int_emb_size: int, basis_emb_size: int, num_radial: int,
+        num_before_skip: int, num_after_skip: int, activation: str,
+    ) -> None:
+        super().__init__()
+        self.radial = _bottleneck(num_radial, basis_emb_size, hidden)
+        self.lin_kj = nn.Linear(hidden, hidden)
+        self.lin_ji = nn.Linear(hidden, hidden)
+        self.down = nn.Linear(hidden, int_emb_size, bias=False)
+        self.up = nn.Linear(int_emb_size, hidden, bias=False)
+        self.before_skip = nn.ModuleList(ResidualLayer(hidden, activation) for _ in range(num_before_skip))
+        self.lin = nn.Linear(hidden, hidden)
+        self.after_skip = nn.ModuleList(ResidualLayer(hidden, activation) for _ in range(num_after_skip))
+        self.act = make_activation(activation)
+
+    def forward(
+        self,
+        messages: torch.Tensor,
+        rbf: torch.Tensor,
+        angular_filter: torch.Tensor,
+        idx_kj: torch.Tensor,
+        idx_ji: torch.Tensor,
+    ) -> torch.Tensor:
+        x_ji = self.act(self.lin_ji(messages))
+        x_kj = self.act(self.down(self.act(self.lin_kj(messages)) * self.radial(rbf)))
+        gathered = scatter_sum(gather_mul(x_kj, idx_kj, angular_filter), idx_ji, messages.shape[0])
+        h = x_ji + self.up(gathered)
+        for layer in self.before_skip:
+            h = layer(h)
+        h = self.act(self.lin(h)) + messages
+        for layer in self.after_skip:
+            h = layer(h)
+        return h
+
+
+class TripletUpdate(nn.Module):
+    """Updates ``m_kji`` from the (new) edge messages ``m_kj`` and ``m_ji``, the radial
+    features of ``ji`` and the angular filter, all ``int_emb_size`` wide on triplets:
+
+        g = act(act(A m_kj) * s_kji + (B m_ji) * rbf_ji + C m_kji) -> residual layers
+        m_kji <- m_kji + up(g)
+
+    Shapes:
+        triplets (T, triplet_dim), messages (E, hidden), rbf (E, num_radial),
+        angular_filter (T, int_emb_size), idx_kj/idx_ji (T,) -> (T, triplet_dim)
+    """
+
+    def __init__(
+        self, hidden: int, triplet_dim: int, int_emb_size: int, basis_emb_size: int, num_radial: int,
+        num_residual: int, activation: str,
+    ) -> None:
+        super().__init__()
+        self.from_kj = nn.Linear(hidden, int_emb_size)
+        self.from_ji = nn.Linear(hidden, int_emb_size)
+        self.radial = _bottleneck(num_radial, basis_emb_size, int_emb_size)
+        self.from_triplet = nn.Linear(triplet_dim, int_emb_size, bias=False)
+        self.residual = nn.ModuleList(ResidualLayer(int_emb_size, activation) for _ in range(num_residual))
+        self.up = nn.Linear(int_emb_size, triplet_dim, bias=False)
+        self.act = make_activation(activation)
+
+    def forward(
+        self,
+        triplets: torch.Tensor,
+        messages: torch.Tensor,
+        rbf: torch.Tensor,
+        angular_filter: torch.Tensor,
+        idx_kj: torch.Tensor,
+        idx_ji: torch.Tensor,
+    ) -> torch.Tensor:
+        x_kj = self.act(self.from_kj(messages))
+        x_ji = self.from_ji(messages) * self.radial(rbf)
+        g = self.act(gather_mul(x_kj, idx_kj, angular_filter) + x_ji[idx_ji] + self.from_triplet(triplets))
+        for layer in self.residual:
+            g = layer(g)
+        return triplets + self.up(g)
+
+
+class InteractionBlock(nn.Module):
+    """One ETGNN block: an angular filter ``s = S2 S1 sbf`` (through ``basis_emb_size``),
+    shared by the edge update and then the triplet update.
+
+    Shapes:
+        messages (E, hidden), triplets (T, triplet_dim), rbf (E, num_radial),
+        sbf (T, num_sbf), idx_kj/idx_ji (T,) -> messages (E, hidden), triplets (T, triplet_dim)
+    """
+
+    def __init__(
+        self, hidden: int, triplet_dim: int, int_emb_size: int, basis_emb_size: int, num_radial: int,
+        num_sbf: int, num_before_skip: int, num_after_skip: int, num_triplet_residual: int, activation: str,
+    ) -> None:
+        super().__init__()
+        self.angular = _bottleneck(num_sbf, basis_emb_size, int_emb_size)
+        self.edge = EdgeUpdate(
+            hidden, int_emb_size, basis_emb_size, num_radial, num_before_skip, num_after_skip, activation
+        )
+        self.triplet = TripletUpdate(
+            hidden, triplet_dim, int_emb_size, basis_emb_size, num_radial, num_triplet_residual, activation
+        )
+
+    def forward(
+        self,
+        messages: torch.Tensor,
+        triplets: torch.Tensor,
+        rbf: torch.Tensor,
+        sbf: torch.Tensor,
+        idx_kj: torch.Tensor,
+        idx_ji: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        angular_filter = self.angular(sbf)
+        messages = self.edge(messages, rbf, angular_filter, idx_kj, idx_ji)
+        triplets = self.triplet(triplets, messages, rbf, angular_filter, idx_kj, idx_ji)
+        return messages, triplets
+
+
+class NodeOutput(nn.Module):
+    """Node features from the final edge messages (DimeNet++ output block):
+    ``h_i = W_out MLP(up(sum_j (W_r rbf_ji) * m_ji))``.
+
+    Shapes: messages (E, hidden), rbf (E, num_radial), idx_i (E,) -> (N, hidden)
+    """
+
+    def __init__(self, num_radial: int, hidden: int, out_emb_size: int, num_layers: int, activation: str) -> None:
+        super().__init__()
+        self.radial = nn.Linear(num_radial, hidden, bias=False)
+        self.up = nn.Linear(hidden, out_emb_size, bias=False)
+        layers: list[nn.Module] = []
+        for _ in range(num_layers):
+            layers += [nn.Linear(out_emb_size, out_emb_size), make_activation(activation)]
+        self.layers = nn.Sequential(*layers)
+        self.out = nn.Linear(out_emb_size, hidden, bias=False)
+
+    def forward(self, messages: torch.Tensor, rbf: torch.Tensor, idx_i: torch.Tensor, num_nodes: int) -> torch.Tensor:
+        atoms = scatter_sum(self.radial(rbf) * messages, idx_i, num_nodes)
+        return self.out(self.layers(self.up(atoms)))
