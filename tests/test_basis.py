@@ -203,6 +203,7 @@ def test_unreachable_combinations_are_the_expected_ones():
         ("ijk", -1), ("ijk=jki", -1), ("ijk=-ikj", -1), ("ijk=-jik=-ikj", -1),  # polar rank 3: eps_ijk
         ("ijkl", -1), ("ijkl=jikl", -1), ("ijkl=-jikl", -1), ("ijkl=jikl=ijlk", -1),  # pseudo rank 4: delta delta
         ("ijkl=-jikl=-ijlk", -1), ("ijkl=jikl=ijlk=klij", -1), ("ijkl=jikl=ikjl", -1),
+        ("ijkl=jikl=ikjl=ijlk", -1),
     }
 
 

@@ -353,6 +353,20 @@ def test_gather_mul_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(lambda a, w: gather_mul(a, index, w), (x, weight))
 
 
+def test_structures_without_triplets_or_edges():
+    """A diatomic molecule has edges but no triplets; isolated atoms have neither (zero tensors)."""
+    model = small_model(NAMED_HEADS).eval()
+    diatomic, isolated = Sample([1, 1], [[0, 0, 0], [0, 0, 0.74]]), Sample([8, 1], [[0, 0, 0], [0, 0, 10.0]])
+    with torch.no_grad():
+        graph = model.make_graph([diatomic, isolated])
+        assert graph.num_triplets == 0 and graph.num_edges == 2
+        out = model(graph)
+    for name, value in out.items():
+        assert bool(torch.isfinite(value).all()), name
+    assert float(out["born_charges"][:2].abs().max()) > 0
+    assert float(out["born_charges"][2:].abs().max()) == 0.0
+
+
 def test_unknown_option_is_a_config_error():
     with pytest.raises(tf.ConfigError, match="backbone.hiden"):
         tf.build_model({"backbone": {"name": "etgnn", "hiden": 8}, "heads": [{"name": "force"}]})
