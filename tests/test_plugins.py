@@ -32,78 +32,8 @@ BUILTINS = {
 }
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("tensorframe_"))
 
-# A complete third-party plugin: one backbone, head, field and reader, one per hook.
-TOY_PLUGIN = '''
-import numpy as np
-import torch
-from torch import nn
-
-import tensorframe
-from tensorframe.backbones import Backbone
-from tensorframe.fields import FieldSpec
-from tensorframe.heads.tensor import CartesianTensorHead
-from tensorframe.ops.radial import GaussianBasis
-from tensorframe.specs import BackboneSpec, FeatureDims, HeadSpec, PluginConfig, ReaderSpec
-from tensorframe.types import InvariantFeatures, Sample
-
-
-class ToyConfig(PluginConfig):
-    width: int = 8
-
-
-class ToyBackbone(Backbone):
-    """Invariant: element embeddings times a distance expansion; no triplet features."""
-
-    def __init__(self, config, settings):
-        super().__init__()
-        self.embedding = nn.Embedding(100, config.width)
-        self.radial = GaussianBasis(settings.cutoff, config.width)
-        self.mix = nn.Linear(2 * config.width, config.width)
-        self.feature_dims = FeatureDims(node=config.width, edge=config.width)
-
-    def forward(self, graph):
-        node = self.embedding(graph.numbers)
-        # Centre and neighbour kept apart, so an edge and its reverse get different features.
-        pair = self.mix(nn.functional.silu(torch.cat([node[graph.idx_i], node[graph.idx_j]], dim=-1)))
-        return InvariantFeatures(node=node, edge=pair * self.radial(graph.edge_len))
-
-
-TOY_FIELD = FieldSpec("toy_moment", "structure", "i", -1, "e*A", "sum", "a dipole-like toy vector")
-
-
-class ToyHeadConfig(PluginConfig):
-    hidden: int = 8
-
-
-def build_toy_head(config, dims):
-    return CartesianTensorHead(TOY_FIELD, dims, ("a",), (), hidden=config.hidden)
-
-
-def read_toy(path, **options):
-    """Lines of 'Z x y z': one molecule."""
-    data = np.loadtxt(path, ndmin=2)
-    return [Sample(data[:, 0].astype(int), data[:, 1:4])]
-
-
-@tensorframe.hookimpl
-def tensorframe_register_backbones():
-    return [BackboneSpec("toy", ToyConfig, ToyBackbone, "toy backbone from a third-party plugin")]
-
-
-@tensorframe.hookimpl
-def tensorframe_register_heads():
-    return [HeadSpec("toy_moment", ToyHeadConfig, build_toy_head, "toy vector head")]
-
-
-@tensorframe.hookimpl
-def tensorframe_register_fields():
-    return [TOY_FIELD]
-
-
-@tensorframe.hookimpl
-def tensorframe_register_readers():
-    return [ReaderSpec("toy", read_toy, (".toy",), "Z x y z lines")]
-'''
+# A complete third-party plugin, one item per hook: the example of docs/plugins.md.
+TOY_PLUGIN = (Path(__file__).parents[1] / "docs" / "examples" / "toy_plugin.py").read_text()
 
 
 def make_distribution(root: Path, distribution: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
@@ -427,3 +357,14 @@ def test_unknown_backbone_or_head_name_is_a_config_error_with_the_choices():
 def test_unknown_reader_lists_the_readers():
     with pytest.raises(PluginError, match=r"unknown reader 'vasprun'; valid choices: .*ase"):
         read_structures("x.xml", format="vasprun")
+
+
+def test_plugin_guide_shows_the_tested_example_verbatim():
+    """docs/plugins.md stays true: its code blocks from the example are the tested file's code."""
+    guide = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    blocks = guide.split("```python\n")[1:]
+    snippets = [block.split("```")[0] for block in blocks]
+    from_example = [s for s in snippets if "def tensorframe_register_" in s or "class Toy" in s or "def read_toy" in s]
+    assert len(from_example) >= 4
+    for snippet in from_example:
+        assert snippet.strip() in TOY_PLUGIN, snippet[:80]
