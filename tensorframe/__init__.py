@@ -1,6 +1,7 @@
 """tensorframe: equivariant tensor properties (forces, Born charges, dielectric, piezo, ...)
 of molecules and crystals from any rotation-invariant graph neural network."""
 
+from tensorframe.checkpoint import load_model, save_checkpoint
 from tensorframe.config import ConfigError, ModelConfig
 from tensorframe.fields import FieldSpec
 from tensorframe.hookspecs import hookimpl
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec", "ConfigError", "FeatureDims", "FieldSpec", "Graph", "GraphSettings", "HeadSpec",
     "InvariantFeatures", "ModelConfig", "PluginConfig", "PluginError", "ReaderSpec", "Sample", "TensorModel",
-    "build_model", "get_registry", "hookimpl", "list_plugins",
+    "build_model", "get_registry", "hookimpl", "list_plugins", "load_model", "save_checkpoint",
 ]

@@ -17,6 +17,7 @@ from tensorframe.graph.collate import build_graph
 from tensorframe.heads.base import Head
 from tensorframe.io.convert import to_sample
 from tensorframe.lifting import TripletLifting
+from tensorframe.normalization import FieldScaling
 from tensorframe.registry import PluginError, Registry, get_registry
 from tensorframe.specs import FeatureDims, GraphSettings
 from tensorframe.types import Graph, InvariantFeatures, Sample
@@ -25,7 +26,8 @@ from tensorframe.types import Graph, InvariantFeatures, Sample
 class TensorModel(nn.Module):
     """Predicts every head's field from a batched :class:`Graph`.
 
-    ``forward`` returns ``{field name: tensor}`` with atom-level fields (N, 3, ...) and
+    ``forward`` returns ``{field name: tensor}`` in physical units (each head's output
+    through its :class:`FieldScaling`) with atom-level fields (N, 3, ...) and
     structure-level fields (B, 3, ...); ``predict`` takes structures and returns numpy.
     """
 
@@ -39,6 +41,9 @@ class TensorModel(nn.Module):
             where = ", ".join(f"heads[{i}]" for i, n in enumerate(names) if n == name)
             raise ConfigError(f"heads: {where} predict the same field {name!r}; give each field one head")
         self.heads = nn.ModuleDict({head.field.name: head for head in heads})
+        self.scaling = nn.ModuleDict(
+            {head.field.name: FieldScaling(head.field, keep_identity=getattr(head, "add_identity", False)) for head in heads}
+        )
 
     @property
     def graph_settings(self) -> GraphSettings:
@@ -56,7 +61,7 @@ class TensorModel(nn.Module):
 
     def forward(self, graph: Graph) -> dict[str, torch.Tensor]:
         features = self.features(graph)
-        return {name: head(graph, features) for name, head in self.heads.items()}
+        return {name: self.scaling[name](head(graph, features), graph) for name, head in self.heads.items()}
 
     def _reference(self) -> torch.Tensor:
         return next(self.parameters())

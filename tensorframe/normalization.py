@@ -1,0 +1,55 @@
+"""Per-field output scaling: heads learn O(1) numbers, predictions come out in physical units.
+
+Only equivariant affine maps are allowed: a scale for every field, plus an isotropic shift
+for scalars (``shift``) and rank-2 tensors (``shift * I``). Shifts are per atom for atom-level
+and extensive (summed) fields, per structure for intensive (mean) fields.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tensorframe.fields import FieldSpec
+from tensorframe.types import Graph
+
+
+class FieldScaling(nn.Module):
+    """``y = scale * x + shift * (1 or I)``; with ``keep_identity`` the scale acts on
+    ``x - I`` so a head's built-in identity (positive-definite dielectric) is kept exactly.
+
+    Shapes: x (N or B, 3, ...) -> same
+    """
+
+    def __init__(self, field: FieldSpec, keep_identity: bool = False) -> None:
+        super().__init__()
+        self.field = field
+        self.keep_identity = keep_identity
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("shift", torch.zeros(()))
+
+    @property
+    def supports_shift(self) -> bool:
+        return self.field.rank in (0, 2) and not self.keep_identity
+
+    def set(self, scale: float, shift: float = 0.0) -> None:
+        if not scale > 0:
+            raise ValueError(f"field {self.field.name!r}: scale must be positive, got {scale}")
+        if shift and not self.supports_shift:
+            raise ValueError(f"field {self.field.name!r}: a shift is only equivariant for rank 0 and rank 2 fields")
+        self.scale.fill_(float(scale))
+        self.shift.fill_(float(shift))
+
+    def forward(self, x: torch.Tensor, graph: Graph) -> torch.Tensor:
+        rank = self.field.rank
+        identity = torch.eye(3, dtype=x.dtype, device=x.device) if rank == 2 else None
+        if self.keep_identity and identity is not None:
+            return self.scale * (x - identity) + identity
+        y = self.scale * x
+        if not self.supports_shift:
+            return y
+        unit = identity if identity is not None else torch.ones((), dtype=x.dtype, device=x.device)
+        if self.field.level == "structure" and self.field.reduce == "sum":
+            count = graph.atoms_per_structure.to(x.dtype).view(-1, *([1] * rank))
+            return y + self.shift * count * unit
+        return y + self.shift * unit
