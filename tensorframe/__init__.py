@@ -1,6 +1,7 @@
 """tensorframe: equivariant tensor properties (forces, Born charges, dielectric, piezo, ...)
 of molecules and crystals from any rotation-invariant graph neural network."""
 
+from tensorframe.calculator import TensorframeCalculator
 from tensorframe.checkpoint import load_model, save_checkpoint
 from tensorframe.config import ConfigError, ModelConfig
 from tensorframe.fields import FieldSpec
@@ -14,6 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackboneSpec", "ConfigError", "FeatureDims", "FieldSpec", "Graph", "GraphSettings", "HeadSpec",
-    "InvariantFeatures", "ModelConfig", "PluginConfig", "PluginError", "ReaderSpec", "Sample", "TensorModel",
+    "InvariantFeatures", "ModelConfig", "PluginConfig", "PluginError", "ReaderSpec", "Sample", "TensorModel", "TensorframeCalculator",
     "build_model", "get_registry", "hookimpl", "list_plugins", "load_model", "save_checkpoint",
 ]

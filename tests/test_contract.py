@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 import tensorframe as tf
-from tensorframe.registry import build_registry
 from tensorframe.testing import assert_equivariant, assert_translation_invariant
 from tensorframe.testing.contract import (
     BackboneContract,
+    _match_rows,
     assert_features_invariant,
     build_contract_model,
     contract_samples,
@@ -77,8 +76,8 @@ class _RawComponentPlugin:
 
 @pytest.fixture(scope="module")
 def broken_model() -> tf.TensorModel:
-    registry = build_registry(extra_plugins=[("raw_component", _RawComponentPlugin())])
-    return build_contract_model({"name": "raw_component", "hidden": 16, "num_radial": 8}, registry=registry)
+    plugins = [("raw_component", _RawComponentPlugin())]
+    return build_contract_model({"name": "raw_component", "hidden": 16, "num_radial": 8}, extra_plugins=plugins)
 
 
 def _rotation(seed: int = 5) -> np.ndarray:
@@ -122,10 +121,18 @@ def test_feature_check_matches_edges_by_image() -> None:
         assert_features_invariant(model, crystal, image_shifts=shifts)
 
 
-def test_feature_check_needs_matching_edges() -> None:
-    """A transformation that changes the neighbour list (a wrong image shift on a molecule) is an error."""
+def test_feature_check_rejects_bad_transformations() -> None:
+    """Image shifts along a non-periodic direction and non-permutations are input errors; edge
+    sets that differ after a transformation are reported, not silently compared in part."""
     model = build_contract_model({"name": "reference", "hidden": 16, "num_radial": 8})
     molecule = contract_samples()[1]
     with pytest.raises(ValueError, match="image_shifts"):
         assert_features_invariant(model, molecule, image_shifts=np.ones((molecule.num_atoms, 3), dtype=int))
-    assert torch.isfinite(model(model.make_graph([molecule]))["forces"]).all()
+    with pytest.raises(ValueError, match="permutation"):
+        assert_features_invariant(model, molecule, permutation=[0] * molecule.num_atoms)
+    keys = np.array([[0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 1, 0, 0]])
+    assert _match_rows(keys, keys[[2, 0, 1]], "edges").tolist() == [1, 2, 0]
+    with pytest.raises(AssertionError, match="edges: the transformed structure does not have the same set"):
+        _match_rows(keys, keys + np.array([0, 0, 0, 0, 1]), "edges")
+    with pytest.raises(AssertionError, match="3 before the transformation but 2 after"):
+        _match_rows(keys, keys[:2], "edges")

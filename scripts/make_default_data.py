@@ -1,0 +1,307 @@
+"""Label the embedded default data set with PySCF at RHF/6-31G*.
+
+Small neutral closed-shell molecules (H, C, N, O, F; at most 7 atoms) from the ase g2 set,
+each in several randomly rotated (uniform SO(3)) and rattled conformations, labelled with
+
+    energy               eV                  total RHF energy
+    forces               eV/Å                analytic, minus the gradient
+    dipole               e·Å                 from the SCF density plus the nuclei
+    polarizability       a.u. (bohr^3)       alpha_ij = d mu_i / d E_j            (finite fields)
+    hyperpolarizability  a.u.                beta_ijk = d^2 mu_i / dE_j dE_k      (finite fields)
+    born_charges         e                   Z_{k,ab} = d mu_a / d R_{k,b}        (finite displacements)
+
+Usage (needs the ``data`` extra, ``pip install 'tensorframe[data]'``)::
+
+    OMP_NUM_THREADS=1 python scripts/make_default_data.py --cache .cache/default-data \
+        --out tensorframe/data/molecules.npz
+
+Each structure is cached in its own file under ``--cache``, so an interrupted run continues
+where it stopped. See tensorframe/data/README-molecules.md for the method in full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from ase.build import molecule
+from ase.units import Bohr, Hartree
+
+# The ase g2 molecules made of H, C, N, O, F with at most 7 atoms, neutral, closed shell
+# (even electron count, no initial magnetic moment), in g2's order. Left out: O3 and singlet
+# CH2 (near-degenerate, a single RHF determinant describes them badly).
+MOLECULES: tuple[str, ...] = (
+    "CH3CHO", "OCHCHO", "CH3COF", "HCOOH", "H2", "C2H2", "CO", "H3CNH2", "CH3CN", "CH3ONO",
+    "CO2", "CH2OCH2", "H2CCHCN", "H2CO", "HCF3", "N2H4", "H2O", "CH3NO2", "CH3OH", "H2CCHF",
+    "C2H4", "NCCN", "C3H4_D2d", "COF2", "N2O", "F2O", "CF3CN", "HCN", "HF", "C2F4", "NF3",
+    "NH3", "CF4", "H2CF2", "C3H4_C3v", "F2", "CH4", "H2CCO", "N2", "H2O2", "C3H4_C2v",
+)
+
+BASIS = "6-31g*"
+CARTESIAN = True          # six Cartesian d functions, as 6-31G* was defined (Gaussian's default)
+FIELD = 0.004             # a.u., finite electric field
+STEP = 0.002              # Å, finite displacement for the atomic polar tensors
+RATTLE = 0.05             # Å, standard deviation of the Gaussian rattle
+CONV_TOL = 1e-12          # Hartree
+CONV_TOL_GRAD = 1e-8
+FIELDS = ("energy", "forces", "dipole", "polarizability", "born_charges", "hyperpolarizability")
+ATOM_FIELDS = ("forces", "born_charges")
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation matrix drawn uniformly from SO(3) (normalised Gaussian quaternion)."""
+    q = rng.normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def make_structure(name: str, conformation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Numbers (N,) and positions (N, 3) in Å: the g2 geometry about its centre of mass,
+    rotated uniformly at random and rattled; reproducible from (seed, molecule, conformation)."""
+    atoms = molecule(name)
+    index = MOLECULES.index(name)
+    rng = np.random.default_rng([seed, index, conformation])
+    positions = atoms.positions - atoms.get_center_of_mass()
+    positions = positions @ random_rotation(rng).T + rng.normal(scale=RATTLE, size=positions.shape)
+    return atoms.numbers.copy(), positions
+
+
+# ----------------------------------------------------------------------------------------
+# PySCF labels. Everything inside works in atomic units; conversion happens in `label`.
+
+
+def _mol(numbers: np.ndarray, positions_bohr: np.ndarray):
+    from pyscf import gto
+
+    return gto.M(
+        atom=[(int(z), tuple(r)) for z, r in zip(numbers, positions_bohr)], unit="Bohr",
+        basis=BASIS, cart=CARTESIAN, charge=0, spin=0, verbose=0,
+    )
+
+
+def _scf(mol, field: np.ndarray | None = None, dm0: np.ndarray | None = None, eri=None):
+    """A converged RHF in a uniform field ``field`` (a.u.), or raise.
+
+    An electron (charge -1) at r in the field E has the potential energy +E·r, so the
+    field adds E·<mu|r|nu> (origin 0) to the core Hamiltonian; the nuclei add the constant
+    -sum_k Z_k E·R_k, which changes no density and is left out. With this sign the dipole
+    grows along the field and alpha is positive definite (checked in `label`).
+    """
+    from pyscf import scf
+
+    mf = scf.RHF(mol)
+    mf.conv_tol = CONV_TOL
+    mf.conv_tol_grad = CONV_TOL_GRAD
+    mf.max_cycle = 200
+    if eri is not None:
+        mf._eri = eri
+    if field is not None and np.any(field):
+        hcore = mf.get_hcore() + np.einsum("x,xij->ij", field, mol.intor("int1e_r", comp=3))
+        mf.get_hcore = lambda *args: hcore
+    mf.kernel(dm0=dm0)
+    if not mf.converged:
+        raise RuntimeError(f"SCF not converged (field={field})")
+    return mf
+
+
+def _dipole(mf) -> np.ndarray:
+    """Dipole (3,) in e·bohr: nuclei minus electrons, origin 0 (origin independent when neutral)."""
+    mol = mf.mol
+    dm = mf.make_rdm1()
+    electrons = np.einsum("xij,ji->x", mol.intor("int1e_r", comp=3), dm).real
+    nuclei = mol.atom_charges() @ mol.atom_coords()
+    return nuclei - electrons
+
+
+def _response(mol, ref) -> tuple[np.ndarray, np.ndarray]:
+    """alpha (3, 3) = d mu_i / d E_j and beta (3, 3, 3) = d^2 mu_i / dE_j dE_k by central
+    finite fields; mixed derivatives from the four fields (+-F e_j +-F e_k)."""
+    dm0, eri = ref.make_rdm1(), ref._eri
+    mu0 = _dipole(ref)
+    eye = np.eye(3)
+
+    def mu(field: np.ndarray) -> np.ndarray:
+        return _dipole(_scf(mol, field, dm0, eri))
+
+    plus = np.stack([mu(FIELD * eye[j]) for j in range(3)])    # (j, i)
+    minus = np.stack([mu(-FIELD * eye[j]) for j in range(3)])
+    alpha = ((plus - minus) / (2 * FIELD)).T                   # (i, j)
+    beta = np.zeros((3, 3, 3))
+    for j in range(3):
+        beta[:, j, j] = (plus[j] - 2 * mu0 + minus[j]) / FIELD**2
+        for k in range(j + 1, 3):
+            pp, pm, mp, mm = (mu(FIELD * (sj * eye[j] + sk * eye[k])) for sj, sk in ((1, 1), (1, -1), (-1, 1), (-1, -1)))
+            beta[:, j, k] = beta[:, k, j] = (pp - pm - mp + mm) / (4 * FIELD**2)
+    return alpha, beta
+
+
+def _apt(numbers: np.ndarray, positions_bohr: np.ndarray, dm0: np.ndarray) -> np.ndarray:
+    """Atomic polar tensors (N, 3, 3), Z[k, a, b] = d mu_a / d R_{k,b} in e, central differences."""
+    h = STEP / Bohr
+    apt = np.zeros((len(numbers), 3, 3))
+    for k in range(len(numbers)):
+        for b in range(3):
+            mus = []
+            for sign in (1, -1):
+                displaced = positions_bohr.copy()
+                displaced[k, b] += sign * h
+                mus.append(_dipole(_scf(_mol(numbers, displaced), dm0=dm0)))
+            apt[k, :, b] = (mus[0] - mus[1]) / (2 * h)
+    return apt
+
+
+def energy_and_forces(numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray]:
+    """RHF energy (eV) and forces (N, 3) in eV/Å at ``positions`` (Å)."""
+    ref = _scf(_mol(numbers, positions / Bohr))
+    return float(ref.e_tot * Hartree), -ref.nuc_grad_method().kernel() * Hartree / Bohr
+
+
+def label(numbers: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """All labels of one structure (positions in Å) in the units stored (see module docstring)."""
+    positions_bohr = positions / Bohr
+    mol = _mol(numbers, positions_bohr)
+    ref = _scf(mol)
+    gradient = ref.nuc_grad_method().kernel()
+    alpha, beta = _response(mol, ref)
+    eigenvalues = np.linalg.eigvalsh(0.5 * (alpha + alpha.T))
+    if eigenvalues.min() <= 0:
+        raise RuntimeError(f"polarizability not positive definite: eigenvalues {eigenvalues}")
+    return {
+        "energy": np.array(ref.e_tot * Hartree),
+        "forces": -gradient * Hartree / Bohr,
+        "dipole": _dipole(ref) * Bohr,
+        "polarizability": alpha,
+        "born_charges": _apt(numbers, positions_bohr, ref.make_rdm1()),
+        "hyperpolarizability": beta,
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# Checks stored beside the data: the same structure in a rotated (or improper) frame, and
+# energies displaced along a random direction to check the forces.
+
+ROTATION_CHECKS: tuple[tuple[str, int, bool], ...] = (("CH3COF", 0, False), ("HCOOH", 0, False), ("NH3", 0, True))
+ENERGY_CHECKS: tuple[tuple[str, int], ...] = (("CH3CHO", 0), ("NF3", 1))
+ENERGY_STEP = 0.001  # Å along a unit direction in the 3N-dimensional configuration space
+
+
+def _cached(path: Path, compute) -> dict[str, np.ndarray]:
+    if path.exists():
+        with np.load(path) as data:
+            return dict(data)
+    result = compute()
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **result)
+    tmp.replace(path)
+    return result
+
+
+def _concat(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    out = {
+        "numbers": np.concatenate([r["numbers"] for r in records]).astype(np.int8),
+        "positions": np.concatenate([r["positions"] for r in records]),
+        "offsets": np.cumsum([0] + [len(r["numbers"]) for r in records]).astype(np.int64),
+    }
+    for f in FIELDS:
+        join = np.concatenate if f in ATOM_FIELDS else np.stack
+        out[f] = join([r[f] for r in records])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pyscf
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("tensorframe/data/molecules.npz"))
+    parser.add_argument("--cache", type=Path, default=Path(".cache/default-data"))
+    parser.add_argument("--conformations", type=int, default=8, help="structures per molecule")
+    parser.add_argument("--seed", type=int, default=20240611)
+    parser.add_argument("--molecules", nargs="*", default=list(MOLECULES), help="a subset, for timing")
+    args = parser.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    records, names, conformations = [], [], []
+    jobs = [(name, c) for c in range(args.conformations) for name in args.molecules]
+    start = time.perf_counter()
+    for n, (name, c) in enumerate(jobs):
+        numbers, positions = make_structure(name, c, args.seed)
+        t0 = time.perf_counter()
+        rec = _cached(args.cache / f"{name}_{c}.npz", lambda: {"numbers": numbers, "positions": positions, **label(numbers, positions)})
+        if not np.allclose(rec["positions"], positions, atol=1e-12):
+            raise RuntimeError(f"cache {name}_{c}: positions differ from the seeded structure (stale cache?)")
+        records.append(rec)
+        names.append(name)
+        conformations.append(c)
+        log(f"{n + 1}/{len(jobs)} {name} conf {c} ({len(numbers)} atoms): {time.perf_counter() - t0:.1f} s, "
+            f"total {time.perf_counter() - start:.0f} s")
+
+    # Rotation checks: structure `index` again, with positions R @ r about the origin.
+    rotated, rot_index, rot_matrix = [], [], []
+    for i, (name, c, improper) in enumerate(ROTATION_CHECKS):
+        index = next(s for s, (m, k) in enumerate(zip(names, conformations)) if (m, k) == (name, c))
+        rotation = random_rotation(np.random.default_rng([args.seed, 1000 + i])) * (-1 if improper else 1)
+        numbers, positions = records[index]["numbers"], records[index]["positions"] @ rotation.T
+        rec = _cached(args.cache / f"rotated_{name}_{c}_{int(improper)}.npz",
+                      lambda: {"numbers": numbers, "positions": positions, **label(numbers, positions)})
+        rotated.append(rec)
+        rot_index.append(index)
+        rot_matrix.append(rotation)
+        log(f"rotation check {name} conf {c} improper={improper} done")
+
+    # Energy checks: E(r +- h d) for a random unit direction d in configuration space.
+    energy_index, directions, e_plus, e_minus = [], [], [], []
+    for i, (name, c) in enumerate(ENERGY_CHECKS):
+        index = next(s for s, (m, k) in enumerate(zip(names, conformations)) if (m, k) == (name, c))
+        numbers, positions = records[index]["numbers"], records[index]["positions"]
+        d = np.random.default_rng([args.seed, 2000 + i]).normal(size=positions.shape)
+        d /= np.linalg.norm(d)
+        rec = _cached(args.cache / f"energy_{name}_{c}.npz", lambda: {
+            "plus": np.array(energy_and_forces(numbers, positions + ENERGY_STEP * d)[0]),
+            "minus": np.array(energy_and_forces(numbers, positions - ENERGY_STEP * d)[0]),
+        })
+        energy_index.append(index)
+        directions.append(d)
+        e_plus.append(rec["plus"])
+        e_minus.append(rec["minus"])
+        slope = (rec["plus"] - rec["minus"]) / (2 * ENERGY_STEP)
+        log(f"energy check {name}: -dE/dh {-slope:.6f} vs F.d {np.sum(records[index]['forces'] * d):.6f} eV/Å")
+
+    meta = {
+        "method": "RHF", "basis": BASIS, "cartesian_d": CARTESIAN, "code": f"PySCF {pyscf.__version__}",
+        "field_au": FIELD, "step_angstrom": STEP, "rattle_angstrom": RATTLE, "seed": args.seed,
+        "conv_tol": CONV_TOL, "conv_tol_grad": CONV_TOL_GRAD, "conformations": args.conformations,
+        "units": {"energy": "eV", "forces": "eV/Å", "dipole": "e·Å", "polarizability": "a.u.",
+                  "born_charges": "e", "hyperpolarizability": "a.u."},
+        "energy_check_step_angstrom": ENERGY_STEP,
+    }
+    out = _concat(records)
+    out["names"] = np.array(names)
+    out["conformation"] = np.array(conformations, dtype=np.int16)
+    out |= {f"rotated.{k}": v for k, v in _concat(rotated).items()}
+    out["rotated.index"] = np.array(rot_index, dtype=np.int64)
+    out["rotated.rotation"] = np.array(rot_matrix)
+    out["energy_check.index"] = np.array(energy_index, dtype=np.int64)
+    out["energy_check.direction"] = np.concatenate(directions)
+    out["energy_check.energy_plus"] = np.array(e_plus)
+    out["energy_check.energy_minus"] = np.array(e_minus)
+    out["meta"] = np.array(json.dumps(meta, ensure_ascii=False))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **out)
+    log(f"wrote {args.out}: {len(records)} structures, {out['offsets'][-1]} atoms, "
+        f"{args.out.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The training configuration: one YAML file, validated by pydantic (unknown keys are errors).
+
+Example (``configs/becs_eps_etgnn.yaml``)::
+
+    model:    {cutoff: 6.0, triplet_cutoff: 4.0, backbone: {name: etgnn}, heads: [{name: born}, {name: dielectric}]}
+    data:     {path: data.xyz, key_map: {becs: born_charges, eps: dielectric}}
+    split:    {train: 0.8, valid: 0.1, test: 0.1, seed: 0}
+    targets:  {born_charges: 1.0, dielectric: 1.0}
+    loss: euclidean
+    epochs: 200
+    output_dir: runs/becs_eps
+
+Relative paths (``data.path``, ``split.file``, ``output_dir``) are taken relative to the
+folder of the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from tensorframe.config import ConfigError, ModelConfig, format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the structures come from: files read by :func:`tensorframe.io.read_structures`
+    (``path``: one file or a list, ``format``: a reader name, ``key_map``/``options``: reader
+    options), or ``default: true`` (equivalently ``data: default``) for the embedded molecule set."""
+
+    path: str | list[str] | None = None
+    format: str | None = None
+    key_map: dict[str, str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="more keyword options of the reader")
+    default: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"default": True} if value == "default" else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.default == (self.path is not None):
+            raise ValueError("give either path (one file or a list of files) or default: true, not both or neither")
+        if self.default and (self.format or self.key_map or self.options):
+            raise ValueError("format, key_map and options apply to files; the default data set takes none")
+        return self
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path or [])
+
+
+class SplitConfig(_Strict):
+    """Fractions of the structures (shuffled with ``seed``) or a JSON ``file`` with lists of
+    indices ``{"train": [...], "valid": [...], "test": [...]}`` (``test`` may be absent)."""
+
+    train: NonNegativeFloat = 0.8
+    valid: NonNegativeFloat = 0.1
+    test: NonNegativeFloat = 0.1
+    seed: int = 0
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.file is None and abs(self.train + self.valid + self.test - 1.0) > 1e-6:
+            raise ValueError(f"train + valid + test must be 1, got {self.train + self.valid + self.test:g}")
+        return self
+
+
+class NormalizeConfig(_Strict):
+    """Per-field normalisation from the training split, stored in the model's output scaling."""
+
+    enabled: bool = True
+    shift: bool = Field(True, description="isotropic shift for rank-0 and rank-2 fields where it is equivariant")
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class SchedulerConfig(_Strict):
+    """ReduceLROnPlateau on the validation loss."""
+
+    name: Literal["plateau"] = "plateau"
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    min_lr: NonNegativeFloat = 1e-6
+    threshold: NonNegativeFloat = 1e-4
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop after ``patience`` epochs without a validation loss below the best minus ``min_delta``."""
+
+    patience: PositiveInt = 30
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainConfig(_Strict):
+    """Everything a training run needs; see the module docstring and docs/training.md."""
+
+    model: ModelConfig
+    data: DataConfig
+    split: SplitConfig = SplitConfig()
+    targets: dict[str, PositiveFloat] = Field(min_length=1, description="{field: loss weight}")
+    loss: Literal["euclidean", "mse", "mae"] = "euclidean"
+    normalize: NormalizeConfig = NormalizeConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig | None = SchedulerConfig()
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    grad_clip: PositiveFloat | None = Field(10.0, description="max gradient norm; null: no clipping")
+    batch_size: PositiveInt = 8
+    eval_batch_size: PositiveInt | None = None
+    epochs: PositiveInt = 100
+    max_time_s: PositiveFloat | None = None
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["float32", "float64"] = "float32"
+    amp: bool = Field(False, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    output_dir: str = "runs/train"
+    checkpoint_every_steps: PositiveInt | None = None
+    progress: bool = True
+    tensorboard: bool = False
+
+    @property
+    def effective_eval_batch_size(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+
+# Keys that may change between a run and its resumption; any other change is refused.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "max_time_s", "device", "progress", "tensorboard", "checkpoint_every_steps", "output_dir",
+     "early_stopping", "eval_batch_size", "amp"}
+)
+
+
+def parse_train_config(raw: Any, source: str = "<config>") -> TrainConfig:
+    """A validated :class:`TrainConfig`.
+
+    Raises:
+        ConfigError: one line naming ``source`` and each bad field path with its valid choices.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (model, data, targets, ...), got {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {format_validation_error(error, model=TrainConfig)}") from None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML training config.
+
+    Raises:
+        ConfigError: naming the file (and line for YAML syntax errors, field path otherwise).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file: {error.strerror or error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    return parse_train_config(raw, str(path))
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    """``value`` relative to ``base`` (the config file's folder) unless it is absolute."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
