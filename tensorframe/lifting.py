@@ -30,5 +30,5 @@ class TripletLifting(nn.Module):
         incoming = self.incoming(features.edge)
         outgoing = self.outgoing(features.edge)
         angular = self.angular(legendre_basis(graph.triplet_cos, self.num_angular))
-        hidden = incoming[graph.idx_kj] + outgoing[graph.idx_ji] + angular
+        hidden = incoming.index_select(0, graph.idx_kj) + outgoing.index_select(0, graph.idx_ji) + angular
         return self.out(nn.functional.silu(hidden))

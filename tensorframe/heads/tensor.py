@@ -127,8 +127,8 @@ class CartesianTensorHead(Head):
             if features.triplet is None:
                 raise ValueError(f"field {self.field.name!r}: this head needs triplet features; none were given")
             coefficients = self._coefficients(self.triplet_coefficients, features.triplet, graph.triplet_envelope)
-            a = graph.edge_dir[graph.idx_kj]
-            b = graph.edge_dir[graph.idx_ji]
+            a = graph.edge_dir.index_select(0, graph.idx_kj)  # index_select: ~3x faster than [idx] on CPU
+            b = graph.edge_dir.index_select(0, graph.idx_ji)
             terms = sum(
                 coefficients[:, w : w + 1] * word_product(word, a, b) for w, word in enumerate(self.triplet_words)
             )
