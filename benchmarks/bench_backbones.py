@@ -3,49 +3,52 @@ backbone, alone and under Born + dielectric + piezo heads, side by side with PyT
 Geometric's DimeNet++ on the same edges and triplets.
 
     python -m benchmarks.bench_backbones [--quick] [--sizes 8 64 ...] [--repeats 3] [--out benchmarks/results]
-                                         [--docs docs/benchmarks.md | --no-docs] [--in-process]
+                                         [--docs docs/benchmarks.md | --no-docs] [--in-process] [--no-pyg]
 
 Structure: rattled cubic BaTiO3 perovskite supercells (a = 4.0 Å, Gaussian rattle 0.05 Å,
 0.078 atoms/Å^3); each requested size becomes the ``n1 x n2 x n3`` supercell (n3 <= 2 n1) with
 the closest number of atoms. Edges within 6 Å, triplets from edges within 4 Å (ETGNN's
-cutoffs). float32, CPU, default sizes of each plugin's config.
+cutoffs). float32 on the CPU; default sizes of each plugin's config.
 
-Per size and *group* (a backbone, ETGNN with ``checkpoint: true``, or PyG DimeNet++), one fresh
-subprocess (unless ``--in-process``) builds the graph and the model once and measures its cases:
+Each size and *group* runs in a fresh subprocess (unless ``--in-process``), which builds the
+graph and the model once and measures every *series* of its group, forward and
+forward+backward:
 
-- ``backbone``: the backbone alone; forward+backward loss = sum of the mean squares of its
-  node, edge and (when present) triplet features, so every block, the triplet ones included,
-  is in the backward pass.
-- ``model``: backbone (+ triplet lifting for edge-only backbones) + born, dielectric and
-  piezo heads; loss = sum of the mean squares of the three predictions.
-- ``trunk`` (ETGNN only): ETGNN without its triplet embedding and triplet updates, i.e. its
-  DimeNet++ part (basis, edge embedding, angular filters, edge updates, output); the triplet
-  messages never feed the edge messages, so it returns the same node and edge features
-  (checked). ``backbone - trunk`` is the cost of the triplet blocks, forward and backward.
-- PyG DimeNet++ (hidden 128, int_emb 64, basis_emb 8, out_emb 256, 4 blocks, 7 spherical,
-  6 radial, cutoff 6 Å): its own basis, embedding, interaction and output blocks, run on our
-  edges and triplets (PyG's ``radius_graph``/``triplets`` need torch-cluster/torch-sparse and
-  ignore periodic images), with distances and angles computed in its forward as PyG does.
-  Measured on the same 4 Å triplet set as ETGNN and on the full 6 Å triplet set that
-  DimeNet++ would build itself (skipped above ``--max-pyg-triplets``); loss = mean square of
-  its node output.
+- ``<backbone>``: the backbone alone; the backward loss is the sum of the mean squares of its
+  node, edge and (when present) triplet features, so the triplet blocks are in the backward.
+- ``<backbone>+heads``: backbone (+ triplet lifting for edge-only backbones) + born,
+  dielectric and piezo heads; loss = sum of the mean squares of the three predictions.
+- ``etgnn_trunk``: ETGNN without its triplet embedding and triplet updates, i.e. its DimeNet++
+  part; triplet messages never feed the edge messages, so it returns the same node and edge
+  features (checked). ``etgnn - etgnn_trunk`` is the cost of the triplet blocks.
+- ``etgnn_checkpoint[+heads]``: ETGNN with ``checkpoint: true`` (forward+backward only).
+- ``pyg_dimenetpp_4A`` / ``pyg_dimenetpp_6A``: PyG's DimeNet++ (hidden 128, int_emb 64,
+  basis_emb 8, out_emb 256, 4 blocks, 7 spherical, 6 radial, cutoff 6 Å), its own basis,
+  embedding, interaction and output blocks run on our edges and triplets (PyG's own
+  ``radius_graph``/``triplets`` need torch-cluster/torch-sparse and ignore periodic images),
+  with distances and angles computed in its forward as PyG does; on ETGNN's 4 Å triplet set
+  and on the full 6 Å set DimeNet++ would build (skipped above ``--max-pyg-triplets``).
+  Loss = mean square of its node output.
 
 Forward runs in eval mode under ``torch.no_grad``. ETGNN's forward is also split by module
-forward hooks into trunk and triplet blocks, and one forward+backward of ETGNN and of PyG
-DimeNet++ is profiled (``torch.profiler``, top operators by self CPU time). Writes
-``<out>/backbones.json`` and the section between ``<!-- backbones:start -->`` and
-``<!-- backbones:end -->`` of the docs file.
+forward hooks into trunk and triplet blocks; one forward+backward of ETGNN and of PyG
+DimeNet++ (4 Å) near 512 atoms is profiled (``torch.profiler``, top operators by self CPU
+time). Writes ``<out>/backbones.json`` and the section between ``<!-- backbones:start -->``
+and ``<!-- backbones:end -->`` of the docs file.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import gc
 import importlib.metadata
 import itertools
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,21 +82,25 @@ PEROVSKITE_FRACTIONAL = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.
 PEROVSKITE_NUMBERS = np.array([56, 22, 8, 8, 8])  # Ba, Ti, O, O, O
 DEFAULT_SIZES = (8, 64, 216, 512, 1000, 2000)
 QUICK_SIZES = (8, 64)
-PROFILE_SIZE = 512  # atoms requested for the profiled run (the nearest benchmarked size)
+PROFILE_SIZE = 512  # atoms requested for the profiled run (the nearest benchmarked size is used)
+MODES = ("forward", "forward_backward")
 HEADS = ({"name": "born"}, {"name": "dielectric"}, {"name": "piezo"})
-PYG_GROUPS = {"pyg_dimenetpp_4A": TRIPLET_CUTOFF, "pyg_dimenetpp_6A": CUTOFF}  # group -> triplet cutoff
-PYG_CONFIG = {
+BACKBONE_ORDER = ("reference", "schnet", "cgcnn", "etgnn")
+PYG_GROUP = "pyg_dimenetpp"
+PYG_TRIPLET_CUTOFFS = {"pyg_dimenetpp_4A": TRIPLET_CUTOFF, "pyg_dimenetpp_6A": CUTOFF}  # series -> triplet cutoff
+PYG_CONFIG: dict[str, Any] = {
     "hidden_channels": 128, "out_channels": 128, "num_blocks": 4, "int_emb_size": 64, "basis_emb_size": 8,
     "out_emb_channels": 256, "num_spherical": 7, "num_radial": 6, "cutoff": CUTOFF,
-    "output_initializer": "glorot_orthogonal",  # PyG's default zero output layer would make the loss constant
+    "output_initializer": "glorot_orthogonal",  # PyG's default zero output layer would give a zero gradient
 }
-BACKBONE_ORDER = ("reference", "schnet", "cgcnn", "etgnn")
 TRUNK_PARTS = ("basis", "edge embedding", "angular filters", "edge updates", "output")
 TRIPLET_PARTS = ("triplet embedding", "triplet updates")
-GROUP_LABELS = {
-    "etgnn_checkpoint": "etgnn (checkpoint: true)",
-    "pyg_dimenetpp_4A": "PyG DimeNet++, 4 Å triplets (ETGNN's set)",
-    "pyg_dimenetpp_6A": "PyG DimeNet++, 6 Å triplets (all edges)",
+SERIES_LABELS = {
+    "etgnn_trunk": "etgnn trunk (no triplet blocks)",
+    "etgnn_checkpoint": "etgnn, checkpoint: true",
+    "etgnn_checkpoint+heads": "etgnn, checkpoint: true + heads",
+    "pyg_dimenetpp_4A": "PyG DimeNet++, 4 Å triplets",
+    "pyg_dimenetpp_6A": "PyG DimeNet++, 6 Å triplets",
 }
 
 
@@ -105,15 +112,13 @@ def supercell_reps(size: int) -> tuple[int, int, int]:
     whose atom count is closest to ``size`` (ties: the more cubic, then the smaller)."""
     if size < 1:
         raise ValueError(f"size: expected a positive number of atoms, got {size}")
-    top = max(2, math.ceil((size / 5) ** (1 / 3)) * 2)
-    candidates = [
-        reps for reps in itertools.combinations_with_replacement(range(1, top + 1), 3) if reps[2] <= 2 * reps[0]
-    ]
+    top = max(2, 2 * math.ceil((size / 5) ** (1 / 3)))
+    candidates = [r for r in itertools.combinations_with_replacement(range(1, top + 1), 3) if r[2] <= 2 * r[0]]
     return min(candidates, key=lambda r: (abs(5 * math.prod(r) - size), r[2] - r[0], math.prod(r)))
 
 
 def perovskite_supercell(reps: Sequence[int], seed: int = 0) -> Sample:
-    """A rattled cubic BaTiO3 supercell of ``5 * n1 * n2 * n3`` atoms.
+    """A rattled cubic BaTiO3 supercell of ``5 n1 n2 n3`` atoms.
 
     Shapes: -> Sample with numbers (5 n1 n2 n3,), positions (5 n1 n2 n3, 3), cell (3, 3)
     """
@@ -129,7 +134,7 @@ def perovskite_supercell(reps: Sequence[int], seed: int = 0) -> Sample:
 def graph_counts(sample: Sample) -> dict[str, int]:
     """Edges within 6 Å and triplets from edges within 4 Å and 6 Å, counted from the neighbour
     list alone: every edge has its reverse, so a centre with ``d`` triplet edges has
-    ``d (d - 1)`` triplets (all pairs of its edges but an edge with its own reverse)."""
+    ``d (d - 1)`` triplets (every ordered pair of its edges but an edge with its own reverse)."""
     nl = neighbor_list(sample, CUTOFF)
     counts = {"edges": int(nl.idx_i.shape[0])}
     for name, cutoff in (("triplets_4A", TRIPLET_CUTOFF), ("triplets_6A", CUTOFF)):
@@ -143,7 +148,7 @@ def graph_counts(sample: Sample) -> dict[str, int]:
 
 def etgnn_trunk(backbone: nn.Module, graph: Graph) -> InvariantFeatures:
     """ETGNN without its triplet embedding and triplet updates: the DimeNet++ part of
-    ``tensorframe_etgnn.model.ETGNN.forward``, step by step (uses the plugin's modules).
+    ``tensorframe_etgnn.model.ETGNN.forward``, step by step, with the plugin's own modules.
 
     Shapes: -> InvariantFeatures(node (N, hidden), edge (E, hidden), triplet None)
     """
@@ -156,22 +161,30 @@ def etgnn_trunk(backbone: nn.Module, graph: Graph) -> InvariantFeatures:
     return InvariantFeatures(node=node, edge=messages, triplet=None)
 
 
+@functools.lru_cache(maxsize=4)
+def _pyg_prototype(config: tuple[tuple[str, Any], ...]) -> nn.Module:
+    from torch_geometric.nn.models import DimeNetPlusPlus
+
+    torch.manual_seed(0)
+    return DimeNetPlusPlus(**dict(config))  # slow: sympy derives its spherical Bessel basis
+
+
 class PygDimeNetPlusPlus(nn.Module):
     """PyG's ``DimeNetPlusPlus`` run on a tensorframe :class:`Graph` (periodic images included):
-    the body of ``DimeNet.forward`` after ``radius_graph`` and ``triplets``, with PyG's angle
-    ``atan2(|r_ij x r_jk|, r_ij . r_jk)`` taken from our edge vectors.
+    the body of ``DimeNet.forward`` after ``radius_graph`` and ``triplets``, with PyG's
+    DimeNet++ angle ``atan2(|r_ij x r_jk|, r_ij . r_jk)`` taken from our edge vectors.
 
-    Our conventions match PyG's: edge ``j -> i`` (``idx_i`` = PyG's ``i = col``), triplet
-    ``k -> j -> i`` joining edges ``idx_kj`` and ``idx_ji``, and ``edge_vec[e] = r_i - r_j``.
+    The conventions agree: PyG's edge ``j -> i`` has ``i = col`` (our ``idx_i``, the centre),
+    its triplet ``k -> j -> i`` joins edges ``idx_kj`` and ``idx_ji`` as ours does, and our
+    ``edge_vec[e] = r_i - r_j`` (with the image shift). ``config`` overrides :data:`PYG_CONFIG`.
+    Models with equal configs start from equal weights (a copy of one cached prototype).
 
     Shapes: forward(graph) -> (N, out_channels), the sum of the output blocks per atom
     """
 
-    def __init__(self) -> None:
+    def __init__(self, **config: Any) -> None:
         super().__init__()
-        from torch_geometric.nn.models import DimeNetPlusPlus
-
-        self.net = DimeNetPlusPlus(**PYG_CONFIG)
+        self.net = copy.deepcopy(_pyg_prototype(tuple(sorted({**PYG_CONFIG, **config}.items()))))
 
     def forward(self, graph: Graph) -> torch.Tensor:
         net, num_nodes = self.net, graph.num_nodes
@@ -221,10 +234,14 @@ def make_model(backbone: str, checkpoint: bool = False) -> nn.Module:
 
 
 def measure(fn: Callable[[], Any], warmup: int, repeats: int, budget_s: float) -> dict[str, Any]:
-    """Peak memory of one call (also timed) after ``warmup`` calls, then up to ``repeats - 1``
-    more timed calls while their estimated total stays within ``budget_s``; median time."""
-    for _ in range(warmup):
-        fn()
+    """Peak memory and time of ``fn()``.
+
+    The first call is measured (memory and time). A call shorter than ``budget_s`` is then
+    warmed up (``warmup`` calls in all, the first included), measured again, and repeated up
+    to ``repeats`` timed calls while their total stays within ``budget_s``; the median is
+    reported. A longer call is reported from its first call alone (``first_call: true``),
+    where one-off start-up costs are small against its duration.
+    """
     times: list[float] = []
 
     def timed() -> None:
@@ -232,26 +249,32 @@ def measure(fn: Callable[[], Any], warmup: int, repeats: int, budget_s: float) -
         fn()
         times.append(time.perf_counter() - start)
 
-    peak = peak_memory_mb(timed, torch.device("cpu"))
-    extra = min(repeats - 1, int(budget_s / max(times[0], 1e-9)))
-    for _ in range(max(extra, 0)):
-        timed()
+    cpu = torch.device("cpu")
+    peak = peak_memory_mb(timed, cpu)
+    first_call = warmup == 0 or times[0] > budget_s
+    if not first_call:
+        for _ in range(warmup - 1):
+            fn()
+        times.clear()
+        peak = peak_memory_mb(timed, cpu)
+        while len(times) < repeats and sum(times) + times[-1] <= budget_s:
+            timed()
     ms = [1e3 * t for t in times]
-    return {"status": "ok", "median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
-            "repeats": len(ms), "peak_mb": peak}
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "repeats": len(ms),
+            "first_call": first_call, "peak_mb": peak}
 
 
-def forward_call(module: Callable[[Graph], Any], graph: Graph) -> Callable[[], Any]:
+def forward_call(run: Callable[[Graph], Any], graph: Graph) -> Callable[[], Any]:
     def call() -> Any:
         with torch.no_grad():
-            return module(graph)
+            return run(graph)
 
     return call
 
 
 def backward_call(model: nn.Module, run: Callable[[Graph], Any], loss: Callable[[Any], torch.Tensor],
                   graph: Graph) -> Callable[[], None]:
-    """One forward + backward; gradients freed first so that their allocation is measured."""
+    """One forward + backward; gradients are freed first, so that their allocation is measured."""
 
     def call() -> None:
         model.zero_grad(set_to_none=True)
@@ -260,9 +283,9 @@ def backward_call(model: nn.Module, run: Callable[[Graph], Any], loss: Callable[
     return call
 
 
-def etgnn_forward_breakdown(backbone: nn.Module, graph: Graph, repeats: int) -> dict[str, float]:
-    """Median forward time (ms) of each part of ETGNN, from forward pre/post hooks on its modules;
-    ``other`` is the rest of the forward (the envelope product, the max_z check)."""
+def etgnn_forward_breakdown(backbone: nn.Module, graph: Graph, repeats: int, budget_s: float) -> dict[str, float]:
+    """Median forward time (ms) of each part of ETGNN from forward pre/post hooks on its modules;
+    ``other`` is the rest of the forward (envelope product, max_z check)."""
     parts: dict[str, list[nn.Module]] = {
         "basis": [backbone.rbf, backbone.sbf],
         "edge embedding": [backbone.edge_embedding],
@@ -274,26 +297,34 @@ def etgnn_forward_breakdown(backbone: nn.Module, graph: Graph, repeats: int) -> 
     }
     totals = dict.fromkeys(parts, 0.0)
     starts: dict[int, float] = {}
-    handles = []
-    for name, modules in parts.items():
-        for module in modules:
-            handles.append(module.register_forward_pre_hook(lambda m, _: starts.__setitem__(id(m), time.perf_counter())))
-            handles.append(module.register_forward_hook(
-                lambda m, _, __, name=name: totals.__setitem__(name, totals[name] + time.perf_counter() - starts[id(m)])
-            ))
-    samples: dict[str, list[float]] = {name: [] for name in [*parts, "total", "other"]}
+
+    def pre_hook(module: nn.Module, _: Any) -> None:
+        starts[id(module)] = time.perf_counter()
+
+    def post_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _: Any, __: Any) -> None:
+            totals[name] += time.perf_counter() - starts[id(module)]
+
+        return hook
+
+    handles = [handle for name, modules in parts.items() for module in modules
+               for handle in (module.register_forward_pre_hook(pre_hook),
+                              module.register_forward_hook(post_hook(name)))]
+    samples: dict[str, list[float]] = {name: [] for name in [*parts, "other", "total"]}
+    spent = 0.0
     try:
         with torch.no_grad():
-            for _ in range(repeats):
-                for name in totals:
-                    totals[name] = 0.0
+            while not samples["total"] or (len(samples["total"]) < repeats and spent + spent / len(samples["total"])
+                                           <= budget_s):
+                totals.update(dict.fromkeys(totals, 0.0))
                 start = time.perf_counter()
                 backbone(graph)
                 total = time.perf_counter() - start
+                spent += total
                 for name, value in totals.items():
                     samples[name].append(1e3 * value)
-                samples["total"].append(1e3 * total)
                 samples["other"].append(1e3 * (total - sum(totals.values())))
+                samples["total"].append(1e3 * total)
     finally:
         for handle in handles:
             handle.remove()
@@ -301,76 +332,99 @@ def etgnn_forward_breakdown(backbone: nn.Module, graph: Graph, repeats: int) -> 
 
 
 def profile_top_ops(call: Callable[[], Any], top: int = 15) -> list[dict[str, Any]]:
-    """The ``top`` operators of one call by self CPU time (torch.profiler)."""
+    """The ``top`` operators of one call by self CPU time (torch.profiler, CPU activities)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         call()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
-    return [
-        {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "self_share": e.self_cpu_time_total / total,
-         "total_ms": e.cpu_time_total / 1e3, "calls": e.count}
-        for e in events[:top]
-    ]
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "self_share": e.self_cpu_time_total / total,
+             "total_ms": e.cpu_time_total / 1e3, "calls": e.count} for e in events[:top]]
 
 
-def group_cases(group: str, model: nn.Module, graph: Graph) -> dict[str, dict[str, Callable[[], Any]]]:
-    """The timed calls of one group: ``{case: {mode: call}}`` with modes forward / forward_backward."""
-    if group in PYG_GROUPS:
-        return {"backbone": {
-            "forward": forward_call(model, graph),
-            "forward_backward": backward_call(model, model, lambda out: out.square().mean(), graph),
-        }}
-    cases = {
-        "backbone": {"forward": forward_call(model.backbone, graph),
-                     "forward_backward": backward_call(model, model.backbone, feature_loss, graph)},
-        "model": {"forward": forward_call(model, graph),
-                  "forward_backward": backward_call(model, model, prediction_loss, graph)},
+def backbone_series(group: str, model: nn.Module, graph: Graph) -> dict[str, dict[str, Callable[[], Any]]]:
+    """The calls of a tensorframe backbone group: ``{series: {mode: call}}``."""
+    series = {
+        group: {"forward": forward_call(model.backbone, graph),
+                "forward_backward": backward_call(model, model.backbone, feature_loss, graph)},
+        f"{group}+heads": {"forward": forward_call(model, graph),
+                           "forward_backward": backward_call(model, model, prediction_loss, graph)},
     }
-    if group == "etgnn_checkpoint":  # recomputation only happens with gradients: the forward is etgnn's
-        return {case: {"forward_backward": modes["forward_backward"]} for case, modes in cases.items()}
+    if group == "etgnn_checkpoint":  # blocks are recomputed only when gradients are on: its forward is etgnn's
+        return {name: {"forward_backward": modes["forward_backward"]} for name, modes in series.items()}
     if group == "etgnn":
-        trunk = lambda g: etgnn_trunk(model.backbone, g)  # noqa: E731
-        cases["trunk"] = {"forward": forward_call(trunk, graph),
-                          "forward_backward": backward_call(model, trunk, feature_loss, graph)}
-    return cases
+        trunk = functools.partial(etgnn_trunk, model.backbone)
+        series["etgnn_trunk"] = {"forward": forward_call(trunk, graph),
+                                 "forward_backward": backward_call(model, trunk, feature_loss, graph)}
+    return series
 
 
-def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget_s: float, profile: bool) -> dict:
-    """Everything one group measures on one supercell (what a worker subprocess returns)."""
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-    sample = perovskite_supercell(reps)
-    triplet_cutoff = PYG_GROUPS.get(group, TRIPLET_CUTOFF)
-    graph = build_graph([sample], CUTOFF, triplet_cutoff)
-    if group in PYG_GROUPS:
-        torch.manual_seed(0)
-        model: nn.Module = PygDimeNetPlusPlus()
-    else:
-        model = make_model(group.removesuffix("_checkpoint"), checkpoint=group.endswith("_checkpoint"))
-    gc.collect()
-    out: dict[str, Any] = {"group": group, "atoms": sample.num_atoms, "edges": graph.num_edges,
-                           "triplets": graph.num_triplets, "parameters": sum(p.numel() for p in model.parameters()),
-                           "baseline_rss_mb": _rss_mb(), "results": []}
-    cases = group_cases(group, model, graph)
-    for case, modes in cases.items():
+def pyg_series(model: nn.Module, graph: Graph) -> dict[str, Callable[[], Any]]:
+    return {"forward": forward_call(model, graph),
+            "forward_backward": backward_call(model, model, lambda out: out.square().mean(), graph)}
+
+
+def _measure_series(model: nn.Module, series: dict[str, dict[str, Callable[[], Any]]], results: list[dict],
+                    warmup: int, repeats: int, budget_s: float) -> None:
+    for name, modes in series.items():
         for mode, call in modes.items():
             model.train(mode == "forward_backward")
-            print(f"[bench_backbones]   {group} {case} {mode}", file=sys.stderr, flush=True)
-            out["results"].append({"case": case, "mode": mode, **measure(call, warmup, repeats, budget_s)})
+            print(f"[bench_backbones]   {name} {mode}", file=sys.stderr, flush=True)
+            results.append({"series": name, "mode": mode, **measure(call, warmup, repeats, budget_s)})
+
+
+def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget_s: float, profile: bool,
+              skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything one group measures on one supercell (what a worker subprocess prints as JSON).
+
+    ``skip``: series not to measure (PyG's 6 Å set on large cells). ``profile``: also profile
+    one forward+backward of the ETGNN backbone or of PyG DimeNet++ on 4 Å triplets.
+    """
+    sample = perovskite_supercell(reps)
+    out: dict[str, Any] = {"group": group, "atoms": sample.num_atoms, "results": [], "graphs": {}}
+    if group == PYG_GROUP:
+        model: nn.Module = PygDimeNetPlusPlus()
+        out["parameters"] = sum(p.numel() for p in model.parameters())
+        for name, triplet_cutoff in PYG_TRIPLET_CUTOFFS.items():
+            if name in skip:
+                continue
+            graph = build_graph([sample], CUTOFF, triplet_cutoff)
+            out["graphs"][name] = {"edges": graph.num_edges, "triplets": graph.num_triplets}
+            gc.collect()
+            out.setdefault("baseline_rss_mb", _rss_mb())
+            series = {name: pyg_series(model, graph)}
+            _measure_series(model, series, out["results"], warmup, repeats, budget_s)
+            if profile and name == "pyg_dimenetpp_4A":
+                out["profile"] = {name: _profile(model, series[name]["forward_backward"])}
+            del graph, series
+        out["max_rss_mb"] = _max_rss_mb()
+        return out
+    graph = build_graph([sample], CUTOFF, TRIPLET_CUTOFF)
+    model = make_model(group.removesuffix("_checkpoint"), checkpoint=group.endswith("_checkpoint"))
+    out["parameters"] = sum(p.numel() for p in model.parameters())
+    out["graphs"][group] = {"edges": graph.num_edges, "triplets": graph.num_triplets}
+    gc.collect()
+    out["baseline_rss_mb"] = _rss_mb()
+    series = backbone_series(group, model, graph)
+    _measure_series(model, series, out["results"], warmup, repeats, budget_s)
     if group == "etgnn":
         model.eval()
         with torch.no_grad():
             full, trunk = model.backbone(graph), etgnn_trunk(model.backbone, graph)
         out["trunk_matches_backbone"] = bool(torch.equal(full.node, trunk.node) and torch.equal(full.edge, trunk.edge))
-        out["forward_breakdown_ms"] = etgnn_forward_breakdown(model.backbone, graph, max(repeats, 1))
-    if profile and group in ("etgnn", "pyg_dimenetpp_4A"):
-        model.train()
-        call = cases["backbone"]["forward_backward"]
-        call()
-        out["profile"] = {"case": "backbone", "mode": "forward_backward", "top_ops": profile_top_ops(call)}
+        del full, trunk
+        out["forward_breakdown_ms"] = etgnn_forward_breakdown(model.backbone, graph, repeats, budget_s)
+        if profile:
+            out["profile"] = {"etgnn": _profile(model, series["etgnn"]["forward_backward"])}
     out["max_rss_mb"] = _max_rss_mb()
     return out
+
+
+def _profile(model: nn.Module, call: Callable[[], Any]) -> dict[str, Any]:
+    model.train()
+    call()  # warm-up
+    return {"mode": "forward_backward", "top_ops": profile_top_ops(call)}
 
 
 def _rss_mb() -> float | None:
@@ -384,27 +438,23 @@ def _rss_mb() -> float | None:
 
 
 def _max_rss_mb() -> float:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(spec: dict[str, Any], in_process: bool, timeout_s: float) -> dict[str, Any]:
-    """``run_group`` in a fresh subprocess (its JSON on the last stdout line), or in this process."""
-    args = (spec["group"], spec["reps"], spec["warmup"], spec["repeats"], spec["budget_s"], spec["profile"])
+    """``run_group(**spec)`` in a fresh subprocess (its JSON is the last stdout line), or here."""
     if in_process:
-        return run_group(*args)
+        return run_group(**spec)
     command = [sys.executable, "-m", "benchmarks.bench_backbones", "--worker", json.dumps(spec)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or "1"}
     try:
-        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"group": spec["group"], "error": f"timed out after {timeout_s:.0f} s"}
-    sys.stderr.write(done.stderr[-2000:] if done.returncode else "")
     if done.returncode != 0:
-        reason = "killed (out of memory?)" if done.returncode in (-9, 137) else f"exit status {done.returncode}"
-        tail = done.stderr.strip().splitlines()[-1:] if done.stderr.strip() else []
-        return {"group": spec["group"], "error": "; ".join([reason, *tail])}
+        killed = done.returncode in (-9, 137)
+        return {"group": spec["group"],
+                "error": "killed (out of memory?)" if killed else f"exit status {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -413,45 +463,50 @@ def run_worker(spec: dict[str, Any], in_process: bool, timeout_s: float) -> dict
 
 def available_groups(with_pyg: bool) -> list[str]:
     registered = get_registry().items["backbone"]
-    names = [name for name in BACKBONE_ORDER if name in registered]
-    names += sorted(set(registered) - set(BACKBONE_ORDER))
-    if "etgnn" in names:
-        names.append("etgnn_checkpoint")
+    groups = [name for name in BACKBONE_ORDER if name in registered]
+    groups += sorted(set(registered) - set(BACKBONE_ORDER))
+    if "etgnn" in groups:
+        groups.append("etgnn_checkpoint")
     if with_pyg:
-        names += list(PYG_GROUPS)
-    return names
+        groups.append(PYG_GROUP)
+    return groups
 
 
-def run(sizes: Sequence[int], repeats: int, warmup: int, budget_s: float, max_pyg_triplets: int,
-        in_process: bool, timeout_s: float, profile: bool) -> dict[str, Any]:
+def _environment() -> dict[str, Any]:
     env = environment()
     for name in ("torch_geometric", "sympy", "tensorframe-etgnn", "tensorframe-schnet", "tensorframe-cgcnn"):
         try:
             env["versions"][name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             env["versions"][name] = None
-    with_pyg = pyg_available()
-    groups = available_groups(with_pyg)
+    return env
+
+
+def run(sizes: Sequence[int], repeats: int, warmup: int, budget_s: float, max_pyg_triplets: int,
+        in_process: bool, timeout_s: float, profile: bool, with_pyg: bool) -> dict[str, Any]:
+    env = _environment()
+    groups = available_groups(with_pyg and pyg_available())
     profile_reps = supercell_reps(min(sizes, key=lambda s: abs(s - PROFILE_SIZE))) if profile else None
     rows, failures = [], []
     for size in sizes:
         reps = supercell_reps(size)
         sample = perovskite_supercell(reps)
         row: dict[str, Any] = {"requested": size, "supercell": list(reps), "atoms": sample.num_atoms,
-                               **graph_counts(sample), "groups": {}}
+                               **graph_counts(sample), "groups": {}, "skipped": {}}
+        skip = [name for name, cutoff in PYG_TRIPLET_CUTOFFS.items()
+                if row[f"triplets_{cutoff:g}A"] > max_pyg_triplets]
+        for name in skip:
+            row["skipped"][name] = f"{row[f'triplets_{PYG_TRIPLET_CUTOFFS[name]:g}A']} triplets > --max-pyg-triplets"
         for group in groups:
-            if group in PYG_GROUPS and row[f"triplets_{int(PYG_GROUPS[group])}A"] > max_pyg_triplets:
-                row["groups"][group] = {"skipped": f"more than --max-pyg-triplets={max_pyg_triplets} triplets"}
-                continue
             print(f"[bench_backbones] {sample.num_atoms} atoms: {group}", file=sys.stderr, flush=True)
             spec = {"group": group, "reps": list(reps), "warmup": warmup, "repeats": repeats, "budget_s": budget_s,
-                    "profile": tuple(reps) == profile_reps}
+                    "profile": tuple(reps) == profile_reps, "skip": skip if group == PYG_GROUP else []}
             result = run_worker(spec, in_process, timeout_s)
             if "error" in result:
                 failures.append(f"{sample.num_atoms} atoms, {group}: {result['error']}")
             row["groups"][group] = result
         rows.append(row)
-    return {
+    result = {
         "benchmark": "backbones",
         "environment": env,
         "settings": {
@@ -460,37 +515,36 @@ def run(sizes: Sequence[int], repeats: int, warmup: int, budget_s: float, max_py
             "cutoff_A": CUTOFF, "triplet_cutoff_A": TRIPLET_CUTOFF, "dtype": "float32", "device": "cpu",
             "heads": list(HEADS), "groups": groups,
             "losses": {
-                "backbone": "sum of mean squares of node, edge and triplet (when present) features",
-                "model": "sum of mean squares of the born, dielectric and piezo predictions",
-                "trunk": "sum of mean squares of node and edge features",
-                "pyg": "mean square of DimeNet++'s node output",
+                "<backbone>": "sum of mean squares of node, edge and triplet (when present) features",
+                "<backbone>+heads": "sum of mean squares of the born, dielectric and piezo predictions",
+                "etgnn_trunk": "sum of mean squares of node and edge features",
+                "pyg_dimenetpp_*": "mean square of DimeNet++'s node output",
             },
-            "pyg": PYG_CONFIG if with_pyg else "torch_geometric not importable: not measured",
+            "pyg": PYG_CONFIG if PYG_GROUP in groups else "not measured (torch_geometric not importable or --no-pyg)",
             "max_pyg_triplets": max_pyg_triplets,
-            "timing": f"{warmup} warm-up call(s), then 1 call measured for memory and time, then up to "
-                      f"{repeats - 1} more timed calls while their estimated total stays under {budget_s:g} s; median",
-            "memory_method": cpu_memory_method() + ("; one fresh subprocess per size and group" if not in_process
-                                                    else "; all cases in one process"),
+            "timing": f"first call measured; calls under {budget_s:g} s are then warmed up ({warmup} call(s) in all), "
+                      f"measured again and repeated up to {repeats} timed calls within {budget_s:g} s (median); "
+                      "longer calls are reported from their first call alone",
+            "memory_method": cpu_memory_method() + ("; all cases in one process" if in_process
+                                                    else "; one fresh subprocess per size and group"),
             "in_process": in_process,
         },
         "sizes": rows,
         "failures": failures,
     }
+    result["summary"] = summary(result)
+    return result
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
-
-
-def lookup(row: dict[str, Any], group: str, case: str, mode: str, key: str = "median_ms") -> float | None:
-    for item in row["groups"].get(group, {}).get("results", []):
-        if item["case"] == case and item["mode"] == mode:
-            return item.get(key)
+def lookup(row: dict[str, Any], series: str, mode: str, key: str = "median_ms") -> float | None:
+    """One number of one series at one size, or None when it was not measured."""
+    for group in row["groups"].values():
+        for item in group.get("results", []):
+            if item["series"] == series and item["mode"] == mode:
+                return item[key]
     return None
 
 
@@ -499,39 +553,53 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per size: ETGNN against PyG DimeNet++ and ETGNN's triplet blocks against the trunks."""
+    """Per size: ETGNN over PyG DimeNet++, and ETGNN's triplet blocks against the trunks."""
     out = []
     for row in result["sizes"]:
-        etgnn = row["groups"].get("etgnn", {})
-        if "results" not in etgnn:
+        if lookup(row, "etgnn", "forward") is None:
             continue
         item: dict[str, Any] = {"atoms": row["atoms"]}
-        for mode in ("forward", "forward_backward"):
-            full = lookup(row, "etgnn", "backbone", mode)
-            trunk = lookup(row, "etgnn", "trunk", mode)
-            item[mode] = {
-                "etgnn_ms": full, "etgnn_trunk_ms": trunk,
-                "triplet_blocks_ms": full - trunk if full is not None and trunk is not None else None,
-                "pyg_4A_ms": lookup(row, "pyg_dimenetpp_4A", "backbone", mode),
-                "pyg_6A_ms": lookup(row, "pyg_dimenetpp_6A", "backbone", mode),
-            }
-            item[mode]["etgnn_over_pyg_4A"] = _ratio(full, item[mode]["pyg_4A_ms"])
-            item[mode]["etgnn_over_pyg_6A"] = _ratio(full, item[mode]["pyg_6A_ms"])
-            item[mode]["triplet_blocks_over_pyg_4A"] = _ratio(item[mode]["triplet_blocks_ms"], item[mode]["pyg_4A_ms"])
-        breakdown = etgnn.get("forward_breakdown_ms")
+        for mode in MODES:
+            full, trunk = lookup(row, "etgnn", mode), lookup(row, "etgnn_trunk", mode)
+            entry: dict[str, Any] = {"etgnn_ms": full, "etgnn_trunk_ms": trunk,
+                                     "triplet_blocks_ms": full - trunk if full is not None and trunk is not None
+                                     else None}
+            for name in PYG_TRIPLET_CUTOFFS:
+                entry[f"{name}_ms"] = lookup(row, name, mode)
+                entry[f"etgnn_over_{name}"] = _ratio(full, entry[f"{name}_ms"])
+            entry["triplet_blocks_over_pyg_dimenetpp_4A"] = _ratio(entry["triplet_blocks_ms"],
+                                                                   entry["pyg_dimenetpp_4A_ms"])
+            entry["triplet_blocks_over_etgnn_trunk"] = _ratio(entry["triplet_blocks_ms"], trunk)
+            item[mode] = entry
+        breakdown = row["groups"]["etgnn"].get("forward_breakdown_ms")
         if breakdown:
             item["forward_hooks_ms"] = {
-                "total": breakdown["total"],
-                "trunk": sum(breakdown[p] for p in TRUNK_PARTS),
-                "triplet_blocks": sum(breakdown[p] for p in TRIPLET_PARTS),
-                "other": breakdown["other"],
+                "total": breakdown["total"], "trunk": sum(breakdown[p] for p in TRUNK_PARTS),
+                "triplet_blocks": sum(breakdown[p] for p in TRIPLET_PARTS), "other": breakdown["other"],
             }
         out.append(item)
     return out
 
 
-def _group_label(group: str) -> str:
-    return GROUP_LABELS.get(group, group)
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+
+
+def series_label(series: str) -> str:
+    if series in SERIES_LABELS:
+        return SERIES_LABELS[series]
+    return series.replace("+heads", " + heads")
+
+
+def _cell(row: dict[str, Any], series: str, mode: str, key: str) -> str:
+    value = lookup(row, series, mode, key)
+    if value is not None:
+        return _fmt(value)
+    if series in row["skipped"]:
+        return "skipped"
+    return "failed" if any("error" in g for g in row["groups"].values()) else "–"
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -549,73 +617,62 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"({settings['density_per_A3']:.3f} atoms/Å³), rattle {settings['rattle_A']} Å; edges within "
         f"{settings['cutoff_A']} Å, triplets from edges within {settings['triplet_cutoff_A']} Å; "
         f"{settings['dtype']} on the CPU; default sizes of each plugin's config.",
-        "- Cases: *backbone* = the backbone alone (forward+backward loss: mean squares of its node, edge and "
-        "triplet features, so the triplet blocks are in the backward pass); *+ heads* = backbone (+ triplet lifting "
-        "for edge-only backbones) + born, dielectric and piezo heads (loss: mean squares of the three predictions); "
-        "*etgnn trunk* = ETGNN without its triplet embedding and triplet updates (its DimeNet++ part); "
-        "*etgnn (checkpoint: true)* recomputes each block in the backward pass. Forward: eval mode, `torch.no_grad`.",
-        "- PyG DimeNet++ (torch_geometric's own blocks; hidden 128, int_emb 64, basis_emb 8, out_emb 256, 4 blocks, "
-        "7 spherical, 6 radial, cutoff 6 Å) runs on our edges and triplets (periodic images included), computing "
-        "distances and angles in its forward as PyG does: once with ETGNN's 4 Å triplet set, once with the full 6 Å "
-        "set DimeNet++ builds itself.",
+        "- Series: a backbone name = the backbone alone (backward loss: mean squares of its node, edge and "
+        "triplet features, so triplet blocks are in the backward pass); *+ heads* = backbone (+ triplet lifting "
+        "for edge-only backbones) + born, dielectric and piezo heads (loss: mean squares of the predictions); "
+        "*etgnn trunk* = ETGNN without its triplet embedding and triplet updates (its DimeNet++ part, same node "
+        "and edge features); *checkpoint: true* recomputes each ETGNN block in the backward pass. "
+        "Forward: eval mode under `torch.no_grad`.",
+        "- PyG DimeNet++ = torch_geometric's own blocks (hidden 128, int_emb 64, basis_emb 8, out_emb 256, "
+        "4 blocks, 7 spherical, 6 radial, cutoff 6 Å) run on our edges and triplets (periodic images included), "
+        "computing distances and angles in its forward as PyG does; *4 Å triplets* = ETGNN's triplet set, "
+        "*6 Å triplets* = all pairs of edges, the set DimeNet++ builds itself.",
         f"- Timing: {settings['timing']}. Peak memory: {settings['memory_method']}.",
+        "",
+        "Graph sizes:",
+        "",
+        markdown_table(["atoms", "supercell", "edges (6 Å)", "triplets (4 Å)", "triplets (6 Å)"],
+                       [[r["atoms"], "×".join(map(str, r["supercell"])), r["edges"], r["triplets_4A"],
+                         r["triplets_6A"]] for r in rows]),
     ]
-    lines += ["", "Graph sizes:", ""]
-    table = [[r["atoms"], "×".join(map(str, r["supercell"])), r["edges"], r["triplets_4A"], r["triplets_6A"]]
-             for r in rows]
-    lines.append(markdown_table(["atoms", "supercell", "edges (6 Å)", "triplets (4 Å)", "triplets (6 Å)"], table))
-    series = [(g, c) for g in settings["groups"] for c in ("backbone", "model", "trunk")
-              if any(lookup(r, g, c, m) is not None for r in rows for m in ("forward", "forward_backward"))]
-    atoms = [r["atoms"] for r in rows]
-
-    def label(group: str, case: str) -> str:
-        return {"backbone": _group_label(group), "model": f"{_group_label(group)} + heads",
-                "trunk": "etgnn trunk"}[case]
-
-    def cell(row: dict[str, Any], group: str, case: str, mode: str, key: str) -> str:
-        value = lookup(row, group, case, mode, key)
-        if value is not None:
-            return _fmt(value)
-        entry = row["groups"].get(group, {})
-        return "skipped" if "skipped" in entry else ("failed" if "error" in entry else "–")
-
+    series = list(dict.fromkeys(item["series"] for r in rows for g in r["groups"].values()
+                                for item in g.get("results", [])))
     for mode, key, title in (("forward", "median_ms", "Forward time (ms)"),
                              ("forward_backward", "median_ms", "Forward + backward time (ms)"),
                              ("forward", "peak_mb", "Forward peak memory (MiB)"),
                              ("forward_backward", "peak_mb", "Forward + backward peak memory (MiB)")):
-        present = [(g, c) for g, c in series if any(lookup(r, g, c, mode) is not None for r in rows)]
-        lines += ["", f"{title}:", ""]
-        lines.append(markdown_table(["", *(f"{a} atoms" for a in atoms)],
-                                    [[label(g, c), *(cell(r, g, c, mode, key) for r in rows)] for g, c in present]))
-    comparison = summary(result)
-    if comparison:
-        lines += ["", "ETGNN against PyG DimeNet++ on the same graph, and ETGNN's triplet blocks "
-                  "(triplet embedding + triplet updates) against the trunks. Forward+backward triplet cost = "
-                  "ETGNN backbone − ETGNN trunk; forward split also by module hooks (trunk / triplet / other).", ""]
-        header = ["atoms", "fwd: etgnn / pyg 4 Å", "fwd: etgnn / pyg 6 Å", "f+b: etgnn / pyg 4 Å",
-                  "f+b: etgnn / pyg 6 Å", "fwd hooks (ms): trunk / triplet / other",
-                  "f+b (ms): etgnn trunk / triplet blocks", "triplet blocks / pyg 4 Å (fwd, f+b)"]
+        present = [s for s in series if any(lookup(r, s, mode) is not None or s in r["skipped"] for r in rows)]
+        lines += ["", f"{title}:", "",
+                  markdown_table(["", *(f"{r['atoms']} atoms" for r in rows)],
+                                 [[series_label(s), *(_cell(r, s, mode, key) for r in rows)] for s in present])]
+    if result["summary"]:
+        lines += ["", "ETGNN (backbone) against PyG DimeNet++ on the same graph, and the cost of ETGNN's triplet "
+                  "blocks (triplet embedding + triplet updates): forward split by module hooks (trunk / triplet "
+                  "blocks / rest); forward+backward triplet cost = etgnn − etgnn trunk.", ""]
+        header = ["atoms", "fwd etgnn / pyg 4 Å", "fwd etgnn / pyg 6 Å", "f+b etgnn / pyg 4 Å", "f+b etgnn / pyg 6 Å",
+                  "fwd hooks ms: trunk / triplet / rest", "f+b ms: trunk / triplet", "triplet / pyg 4 Å: fwd, f+b",
+                  "triplet / etgnn trunk: fwd, f+b"]
         table = []
-        for item in comparison:
+        for item in result["summary"]:
             fwd, fb, hooks = item["forward"], item["forward_backward"], item.get("forward_hooks_ms")
             table.append([
-                item["atoms"], _fmt(fwd["etgnn_over_pyg_4A"], 2), _fmt(fwd["etgnn_over_pyg_6A"], 2),
-                _fmt(fb["etgnn_over_pyg_4A"], 2), _fmt(fb["etgnn_over_pyg_6A"], 2),
+                item["atoms"], _fmt(fwd["etgnn_over_pyg_dimenetpp_4A"], 2), _fmt(fwd["etgnn_over_pyg_dimenetpp_6A"], 2),
+                _fmt(fb["etgnn_over_pyg_dimenetpp_4A"], 2), _fmt(fb["etgnn_over_pyg_dimenetpp_6A"], 2),
                 " / ".join(_fmt(hooks[k]) for k in ("trunk", "triplet_blocks", "other")) if hooks else "–",
                 f"{_fmt(fb['etgnn_trunk_ms'])} / {_fmt(fb['triplet_blocks_ms'])}",
-                f"{_fmt(fwd['triplet_blocks_over_pyg_4A'], 2)}, {_fmt(fb['triplet_blocks_over_pyg_4A'], 2)}",
+                f"{_fmt(fwd['triplet_blocks_over_pyg_dimenetpp_4A'], 2)}, "
+                f"{_fmt(fb['triplet_blocks_over_pyg_dimenetpp_4A'], 2)}",
+                f"{_fmt(fwd['triplet_blocks_over_etgnn_trunk'], 2)}, {_fmt(fb['triplet_blocks_over_etgnn_trunk'], 2)}",
             ])
         lines.append(markdown_table(header, table))
     for row in rows:
-        for group in ("etgnn", "pyg_dimenetpp_4A"):
-            profile = row["groups"].get(group, {}).get("profile")
-            if not profile:
-                continue
-            lines += ["", f"Top operators of one forward+backward of {_group_label(group)} (backbone), "
-                      f"{row['atoms']} atoms (torch.profiler, self CPU time):", ""]
-            lines.append(markdown_table(["operator", "self ms", "share", "calls"],
-                                        [[f"`{op['op']}`", _fmt(op["self_ms"]), f"{100 * op['self_share']:.0f}%",
-                                          op["calls"]] for op in profile["top_ops"]]))
+        for group in row["groups"].values():
+            for name, profile in group.get("profile", {}).items():
+                lines += ["", f"Top operators of one forward+backward of {series_label(name)}, {row['atoms']} atoms "
+                          "(torch.profiler, self CPU time):", "",
+                          markdown_table(["operator", "self ms", "share", "calls"],
+                                         [[f"`{op['op']}`", _fmt(op["self_ms"]), f"{100 * op['self_share']:.0f}%",
+                                           op["calls"]] for op in profile["top_ops"]])]
     if result["failures"]:
         lines += ["", "Failures: " + "; ".join(result["failures"]) + "."]
     return "\n".join(lines)
@@ -627,16 +684,18 @@ def render_markdown(result: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_backbones", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"sizes {QUICK_SIZES}, 1 repeat, no warm-up, in one process, no profile (a smoke run)")
+                        help=f"sizes {QUICK_SIZES}, 1 call per case, in one process, no profile (a smoke run)")
     parser.add_argument("--sizes", type=int, nargs="+", help=f"atoms per structure (default {DEFAULT_SIZES})")
     parser.add_argument("--repeats", type=int, help="most timed calls per case (default 3, quick 1)")
-    parser.add_argument("--warmup", type=int, help="untimed calls before measuring (default 1, quick 0)")
-    parser.add_argument("--budget", type=float, default=3.0, help="seconds of repeated timing per case (default 3)")
+    parser.add_argument("--warmup", type=int, help="calls before the measured ones, for calls under the budget "
+                        "(default 1, quick 0)")
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed calls per case (default 3)")
     parser.add_argument("--max-pyg-triplets", type=int, default=3_000_000,
-                        help="skip PyG DimeNet++ on graphs with more triplets (default 3e6)")
+                        help="skip PyG DimeNet++ on triplet sets larger than this (default 3e6)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per worker subprocess (default 900)")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per size and group")
-    parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler run")
+    parser.add_argument("--no-pyg", action="store_true", help="skip PyG DimeNet++")
+    parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler runs")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
                         help="folder for backbones.json")
     parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="markdown file to update")
@@ -660,15 +719,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
     if args.worker:
-        spec = json.loads(args.worker)
-        result = run_group(spec["group"], spec["reps"], spec["warmup"], spec["repeats"], spec["budget_s"],
-                           spec["profile"])
-        print(json.dumps(result))
+        print(json.dumps(run_group(**json.loads(args.worker))))
         return None
     result = run(args.sizes, args.repeats, args.warmup, args.budget, args.max_pyg_triplets, args.in_process,
-                 args.timeout, args.profile)
-    result["summary"] = summary(result)
+                 args.timeout, args.profile, not args.no_pyg)
     write_json(args.out / "backbones.json", result)
     markdown = render_markdown(result)
     if not args.no_docs:

@@ -12,7 +12,7 @@ each in several randomly rotated (uniform SO(3)) and rattled conformations, labe
 
 Usage (needs the ``data`` extra, ``pip install 'tensorframe[data]'``)::
 
-    OMP_NUM_THREADS=1 python scripts/make_default_data.py --cache .cache/default-data \
+    OMP_NUM_THREADS=1 python scripts/make_default_data.py --cache /tmp/tensorframe-default-data-cache \
         --out tensorframe/data/molecules.npz
 
 Each structure is cached in its own file under ``--cache``, so an interrupted run continues
@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,10 @@ from ase.units import Bohr, Hartree
 
 # The ase g2 molecules made of H, C, N, O, F with at most 7 atoms, neutral, closed shell
 # (even electron count, no initial magnetic moment), in g2's order. Left out: O3 and singlet
-# CH2 (near-degenerate, a single RHF determinant describes them badly).
+# CH2 (near-degenerate, a single RHF determinant describes them badly) and H2 (6-31G* has no
+# p functions on H, so its polarizability perpendicular to the bond is zero).
 MOLECULES: tuple[str, ...] = (
-    "CH3CHO", "OCHCHO", "CH3COF", "HCOOH", "H2", "C2H2", "CO", "H3CNH2", "CH3CN", "CH3ONO",
+    "CH3CHO", "OCHCHO", "CH3COF", "HCOOH", "C2H2", "CO", "H3CNH2", "CH3CN", "CH3ONO",
     "CO2", "CH2OCH2", "H2CCHCN", "H2CO", "HCF3", "N2H4", "H2O", "CH3NO2", "CH3OH", "H2CCHF",
     "C2H4", "NCCN", "C3H4_D2d", "COF2", "N2O", "F2O", "CF3CN", "HCN", "HF", "C2F4", "NF3",
     "NH3", "CF4", "H2CF2", "C3H4_C3v", "F2", "CH4", "H2CCO", "N2", "H2O2", "C3H4_C2v",
@@ -82,7 +84,7 @@ def _mol(numbers: np.ndarray, positions_bohr: np.ndarray):
     from pyscf import gto
 
     return gto.M(
-        atom=[(int(z), tuple(r)) for z, r in zip(numbers, positions_bohr)], unit="Bohr",
+        atom=[(int(z), tuple(r)) for z, r in zip(numbers, positions_bohr, strict=True)], unit="Bohr",
         basis=BASIS, cart=CARTESIAN, charge=0, spin=0, verbose=0,
     )
 
@@ -121,9 +123,16 @@ def _dipole(mf) -> np.ndarray:
     return nuclei - electrons
 
 
-def _response(mol, ref) -> tuple[np.ndarray, np.ndarray]:
-    """alpha (3, 3) = d mu_i / d E_j and beta (3, 3, 3) = d^2 mu_i / dE_j dE_k by central
-    finite fields; mixed derivatives from the four fields (+-F e_j +-F e_k)."""
+def _field_scfs(mol, ref) -> list:
+    """Converged RHF in the six fields +-F e_x, +-F e_y, +-F e_z (in that order)."""
+    eye = np.eye(3)
+    dm0, eri = ref.make_rdm1(), ref._eri
+    return [_scf(mol, sign * FIELD * eye[j], dm0, eri) for j in range(3) for sign in (1, -1)]
+
+
+def _response(mol, ref, field_scfs: list) -> tuple[np.ndarray, np.ndarray]:
+    """alpha (3, 3) = d mu_i / d E_j and beta (3, 3, 3) = d^2 mu_i / dE_j dE_k (a.u.) by central
+    finite fields; the mixed derivatives from the four fields (+-F e_j +-F e_k)."""
     dm0, eri = ref.make_rdm1(), ref._eri
     mu0 = _dipole(ref)
     eye = np.eye(3)
@@ -131,9 +140,9 @@ def _response(mol, ref) -> tuple[np.ndarray, np.ndarray]:
     def mu(field: np.ndarray) -> np.ndarray:
         return _dipole(_scf(mol, field, dm0, eri))
 
-    plus = np.stack([mu(FIELD * eye[j]) for j in range(3)])    # (j, i)
-    minus = np.stack([mu(-FIELD * eye[j]) for j in range(3)])
-    alpha = ((plus - minus) / (2 * FIELD)).T                   # (i, j)
+    plus = np.stack([_dipole(mf) for mf in field_scfs[0::2]])    # (j, i)
+    minus = np.stack([_dipole(mf) for mf in field_scfs[1::2]])
+    alpha = ((plus - minus) / (2 * FIELD)).T                       # (i, j)
     beta = np.zeros((3, 3, 3))
     for j in range(3):
         beta[:, j, j] = (plus[j] - 2 * mu0 + minus[j]) / FIELD**2
@@ -143,8 +152,58 @@ def _response(mol, ref) -> tuple[np.ndarray, np.ndarray]:
     return alpha, beta
 
 
-def _apt(numbers: np.ndarray, positions_bohr: np.ndarray, dm0: np.ndarray) -> np.ndarray:
-    """Atomic polar tensors (N, 3, 3), Z[k, a, b] = d mu_a / d R_{k,b} in e, central differences."""
+def _electronic_gradients(mol, scfs: list, fields: np.ndarray) -> np.ndarray:
+    """Analytic electronic energy gradients (S, N, 3) in Hartree/bohr of RHF solutions ``scfs``
+    of ``mol`` in uniform fields ``fields`` (S, 3), without the nuclear terms.
+
+    The same terms as ``pyscf.grad.rhf.grad_elec`` plus the derivative of the field term
+    E_a <u|r_a|v>, whose basis functions move with their atom; the two-electron part of all
+    S densities comes from one pass over the integral derivatives.
+    """
+    from pyscf.grad import rhf as rhf_grad
+
+    grad = rhf_grad.Gradients(scfs[0])
+    dms = np.array([mf.make_rdm1() for mf in scfs])
+    dmes = np.array([grad.make_rdm1e(mf.mo_energy, mf.mo_coeff, mf.mo_occ) for mf in scfs])
+    vhf = grad.get_veff(mol, dms)                                   # (S, 3, nao, nao)
+    s1 = grad.get_ovlp(mol)
+    hcore_deriv = grad.hcore_generator(mol)
+    nao = mol.nao
+    # int1e_irp[a, x, u, v] = <u| r_a d_x |v>, so <d_x u| r_a |v> is its transpose in (u, v)
+    ip_r = mol.intor("int1e_irp", comp=9).reshape(3, 3, nao, nao).transpose(0, 1, 3, 2)
+    out = np.zeros((len(scfs), mol.natm, 3))
+    for k, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
+        h1 = hcore_deriv(k)
+        for n, field in enumerate(fields):
+            hf = np.zeros((3, nao, nao))
+            hf[:, p0:p1] = -np.einsum("a,axmn->xmn", field, ip_r[:, :, p0:p1])
+            out[n, k] = (np.einsum("xij,ij->x", h1 + hf + hf.transpose(0, 2, 1), dms[n])
+                         + 2 * np.einsum("xij,ij->x", vhf[n][:, p0:p1], dms[n][p0:p1])
+                         - 2 * np.einsum("xij,ij->x", s1[:, p0:p1], dmes[n][p0:p1]))
+    return out
+
+
+def _forces_and_apt(mol, ref, field_scfs: list) -> tuple[np.ndarray, np.ndarray]:
+    """Forces (N, 3) in Hartree/bohr and atomic polar tensors (N, 3, 3) in e.
+
+    Z[k, a, b] = d mu_a / d R_{k,b} = d F_{k,b} / d E_a (both are -d^2 W / dE_a dR_{k,b}), by
+    central differences of the analytic forces in the fields +-F e_a. The nuclei in the field
+    (energy -Z_k E.R_k) add Z_k delta_ab.
+    """
+    eye = np.eye(3)
+    fields = np.array([np.zeros(3)] + [sign * FIELD * eye[a] for a in range(3) for sign in (1, -1)])
+    grads = _electronic_gradients(mol, [ref, *field_scfs], fields)
+    forces = -(grads[0] + ref.nuc_grad_method().grad_nuc())
+    field_forces = -grads[1:].reshape(3, 2, mol.natm, 3)            # (a, sign, k, b)
+    apt = ((field_forces[:, 0] - field_forces[:, 1]) / (2 * FIELD)).transpose(1, 0, 2)
+    return forces, apt + mol.atom_charges()[:, None, None] * eye
+
+
+def apt_by_displacements(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Atomic polar tensors (N, 3, 3) in e, Z[k, a, b] = d mu_a / d R_{k,b}, by central finite
+    displacements of the dipole (positions in Å): the definition, used to check the fields' route."""
+    positions_bohr = positions / Bohr
+    dm0 = _scf(_mol(numbers, positions_bohr)).make_rdm1()
     h = STEP / Bohr
     apt = np.zeros((len(numbers), 3, 3))
     for k in range(len(numbers)):
@@ -158,28 +217,27 @@ def _apt(numbers: np.ndarray, positions_bohr: np.ndarray, dm0: np.ndarray) -> np
     return apt
 
 
-def energy_and_forces(numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray]:
-    """RHF energy (eV) and forces (N, 3) in eV/Å at ``positions`` (Å)."""
-    ref = _scf(_mol(numbers, positions / Bohr))
-    return float(ref.e_tot * Hartree), -ref.nuc_grad_method().kernel() * Hartree / Bohr
+def energy(numbers: np.ndarray, positions: np.ndarray) -> float:
+    """RHF energy in eV at ``positions`` (Å)."""
+    return float(_scf(_mol(numbers, positions / Bohr)).e_tot * Hartree)
 
 
 def label(numbers: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
     """All labels of one structure (positions in Å) in the units stored (see module docstring)."""
-    positions_bohr = positions / Bohr
-    mol = _mol(numbers, positions_bohr)
+    mol = _mol(numbers, positions / Bohr)
     ref = _scf(mol)
-    gradient = ref.nuc_grad_method().kernel()
-    alpha, beta = _response(mol, ref)
+    field_scfs = _field_scfs(mol, ref)
+    alpha, beta = _response(mol, ref, field_scfs)
+    forces, apt = _forces_and_apt(mol, ref, field_scfs)
     eigenvalues = np.linalg.eigvalsh(0.5 * (alpha + alpha.T))
     if eigenvalues.min() <= 0:
         raise RuntimeError(f"polarizability not positive definite: eigenvalues {eigenvalues}")
     return {
         "energy": np.array(ref.e_tot * Hartree),
-        "forces": -gradient * Hartree / Bohr,
+        "forces": forces * Hartree / Bohr,
         "dipole": _dipole(ref) * Bohr,
         "polarizability": alpha,
-        "born_charges": _apt(numbers, positions_bohr, ref.make_rdm1()),
+        "born_charges": apt,
         "hyperpolarizability": beta,
     }
 
@@ -193,15 +251,27 @@ ENERGY_CHECKS: tuple[tuple[str, int], ...] = (("CH3CHO", 0), ("NF3", 1))
 ENERGY_STEP = 0.001  # Å along a unit direction in the 3N-dimensional configuration space
 
 
-def _cached(path: Path, compute) -> dict[str, np.ndarray]:
+def _cached(path: Path, compute: Callable[..., dict[str, np.ndarray]], *args: np.ndarray) -> dict[str, np.ndarray]:
+    """``compute(*args)``, stored in ``path`` (written atomically) and read from there next time."""
     if path.exists():
         with np.load(path) as data:
             return dict(data)
-    result = compute()
+    result = compute(*args)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **result)
     tmp.replace(path)
     return result
+
+
+def _labelled(numbers: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+    return {"numbers": numbers, "positions": positions, **label(numbers, positions)}
+
+
+def _energy_pair(numbers: np.ndarray, positions: np.ndarray, direction: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "plus": np.array(energy(numbers, positions + ENERGY_STEP * direction)),
+        "minus": np.array(energy(numbers, positions - ENERGY_STEP * direction)),
+    }
 
 
 def _concat(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -221,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("tensorframe/data/molecules.npz"))
-    parser.add_argument("--cache", type=Path, default=Path(".cache/default-data"))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/tensorframe-default-data-cache"))
     parser.add_argument("--conformations", type=int, default=8, help="structures per molecule")
     parser.add_argument("--seed", type=int, default=20240611)
     parser.add_argument("--molecules", nargs="*", default=list(MOLECULES), help="a subset, for timing")
@@ -237,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, (name, c) in enumerate(jobs):
         numbers, positions = make_structure(name, c, args.seed)
         t0 = time.perf_counter()
-        rec = _cached(args.cache / f"{name}_{c}.npz", lambda: {"numbers": numbers, "positions": positions, **label(numbers, positions)})
+        rec = _cached(args.cache / f"{name}_{c}.npz", _labelled, numbers, positions)
         if not np.allclose(rec["positions"], positions, atol=1e-12):
             raise RuntimeError(f"cache {name}_{c}: positions differ from the seeded structure (stale cache?)")
         records.append(rec)
@@ -249,27 +319,33 @@ def main(argv: list[str] | None = None) -> int:
     # Rotation checks: structure `index` again, with positions R @ r about the origin.
     rotated, rot_index, rot_matrix = [], [], []
     for i, (name, c, improper) in enumerate(ROTATION_CHECKS):
-        index = next(s for s, (m, k) in enumerate(zip(names, conformations)) if (m, k) == (name, c))
+        index = next(s for s, (m, k) in enumerate(zip(names, conformations, strict=True)) if (m, k) == (name, c))
         rotation = random_rotation(np.random.default_rng([args.seed, 1000 + i])) * (-1 if improper else 1)
         numbers, positions = records[index]["numbers"], records[index]["positions"] @ rotation.T
         rec = _cached(args.cache / f"rotated_{name}_{c}_{int(improper)}.npz",
-                      lambda: {"numbers": numbers, "positions": positions, **label(numbers, positions)})
+                      _labelled, numbers, positions)
         rotated.append(rec)
         rot_index.append(index)
         rot_matrix.append(rotation)
         log(f"rotation check {name} conf {c} improper={improper} done")
 
+    # APT checks: the same tensors by finite displacements of the dipole.
+    apt_displaced = []
+    for index in rot_index:
+        name, c = names[index], conformations[index]
+        numbers, positions = records[index]["numbers"], records[index]["positions"]
+        rec = _cached(args.cache / f"apt_{name}_{c}.npz", lambda z, r: {"apt": apt_by_displacements(z, r)}, numbers, positions)
+        apt_displaced.append(rec["apt"])
+        log(f"APT check {name}: max |fields - displacements| {np.abs(rec['apt'] - records[index]['born_charges']).max():.2e} e")
+
     # Energy checks: E(r +- h d) for a random unit direction d in configuration space.
     energy_index, directions, e_plus, e_minus = [], [], [], []
     for i, (name, c) in enumerate(ENERGY_CHECKS):
-        index = next(s for s, (m, k) in enumerate(zip(names, conformations)) if (m, k) == (name, c))
+        index = next(s for s, (m, k) in enumerate(zip(names, conformations, strict=True)) if (m, k) == (name, c))
         numbers, positions = records[index]["numbers"], records[index]["positions"]
         d = np.random.default_rng([args.seed, 2000 + i]).normal(size=positions.shape)
         d /= np.linalg.norm(d)
-        rec = _cached(args.cache / f"energy_{name}_{c}.npz", lambda: {
-            "plus": np.array(energy_and_forces(numbers, positions + ENERGY_STEP * d)[0]),
-            "minus": np.array(energy_and_forces(numbers, positions - ENERGY_STEP * d)[0]),
-        })
+        rec = _cached(args.cache / f"energy_{name}_{c}.npz", _energy_pair, numbers, positions, d)
         energy_index.append(index)
         directions.append(d)
         e_plus.append(rec["plus"])
@@ -291,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     out |= {f"rotated.{k}": v for k, v in _concat(rotated).items()}
     out["rotated.index"] = np.array(rot_index, dtype=np.int64)
     out["rotated.rotation"] = np.array(rot_matrix)
+    out["apt_check.index"] = np.array(rot_index, dtype=np.int64)
+    out["apt_check.born_charges"] = np.concatenate(apt_displaced)
     out["energy_check.index"] = np.array(energy_index, dtype=np.int64)
     out["energy_check.direction"] = np.concatenate(directions)
     out["energy_check.energy_plus"] = np.array(e_plus)

@@ -18,6 +18,10 @@ from tensorframe.heads.scalar import ScalarHeadConfig, build_scalar_head
 from tensorframe.heads.tensor import TensorHeadConfig, build_tensor_head
 from tensorframe.hookspecs import hookimpl
 from tensorframe.io.ase_reader import read_ase
+from tensorframe.io.asedb import read_asedb
+from tensorframe.io.csv_labels import read_etgnn
+from tensorframe.io.deepmd import read_deepmd
+from tensorframe.io.vasp import read_vasp
 from tensorframe.specs import BackboneSpec, HeadSpec, ReaderSpec
 from tensorframe.testing.reference_backbone import ReferenceBackboneConfig, build_reference_backbone
 
@@ -52,4 +56,8 @@ def tensorframe_register_readers() -> list[ReaderSpec]:
     return [
         ReaderSpec("ase", read_ase, (".xyz", ".extxyz", ".cif", ".vasp", "poscar", "contcar", ".traj"),
                    "any structure file ase reads; labels from arrays/info named like fields"),
+        ReaderSpec("asedb", read_asedb, (".db",), "ASE database: labels from row data / key-value pairs, Voigt converted"),
+        ReaderSpec("deepmd", read_deepmd, (), "DeePMD-kit npy system(s): a directory with type.raw and set.*/"),
+        ReaderSpec("etgnn", read_etgnn, (".csv",), "ETGNN layout: id_prop.csv (ID, tensor components) + <ID>.vasp/.cif"),
+        ReaderSpec("vasp", read_vasp, ("outcar", ".xml"), "VASP OUTCAR / vasprun.xml: Born charges, dielectric, piezo"),
     ]

@@ -1,7 +1,10 @@
 """The ``tensorframe`` command line.
 
-    tensorframe plugins          every backbone, head, field and reader, with its plugin
-    tensorframe demo             predict tensors for the bundled structures (random model)
+    tensorframe plugins              every backbone, head, field and reader, with its plugin
+    tensorframe demo                 the README's main job
+    tensorframe train CONFIG.yaml    train (also under torchrun for DistributedDataParallel)
+    tensorframe evaluate CKPT DATA   per-field and per-component errors, parity plots
+    tensorframe predict CKPT INPUT   predicted tensors as extended XYZ / JSON, phonopy BORN file
 
 Errors print one line (a traceback with ``--debug``) and exit non-zero.
 """

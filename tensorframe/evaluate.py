@@ -77,10 +77,20 @@ def collect_pairs(model: Any, samples: Sequence[Sample], batch_size: int = 16) -
             target_rows.append(target.reshape(per_row, -1))
             rows[name] = (pred_rows, target_rows, count + 1)
     return {
-        name: FieldPairs(name, fields[name].level, fields[name].units, fields[name].rank, np.concatenate(p),
+        name: FieldPairs(name, fields[name].level, _units(fields[name]), fields[name].rank, np.concatenate(p),
                          np.concatenate(t), n)
         for name, (p, t, n) in rows.items()
     }
+
+
+def _units(spec: Any) -> str:
+    """The head's units, else those of the registered field of that name (a scalar head's default is "")."""
+    if spec.units:
+        return spec.units
+    from tensorframe.registry import get_registry
+
+    registered = get_registry().items["field"].get(spec.name)
+    return registered.units if registered is not None else ""
 
 
 def metrics(pairs: FieldPairs) -> dict[str, Any]:
@@ -157,7 +167,8 @@ def parity_plot(pairs: FieldPairs, path: str | Path) -> None:
     ax.set_xlabel(f"label{units}")
     ax.set_ylabel(f"prediction{units}")
     m = metrics(pairs)
-    ax.set_title(f"{pairs.field}: MAE {m['mae']:.3g}, RMSE {m['rmse']:.3g} (n={m['count']})", fontsize=10)
+    rows = f"{m['count']} {'atoms' if pairs.level == 'atom' else 'structures'}"
+    ax.set_title(f"{pairs.field}: MAE {m['mae']:.3g}, RMSE {m['rmse']:.3g} ({rows})", fontsize=10)
     if len(names) > 1:
         ax.legend(fontsize=7, ncol=2 if len(names) > 9 else 1, markerscale=1.5, frameon=False,
                   loc="center left", bbox_to_anchor=(1.01, 0.5), title="component", title_fontsize=7)

@@ -76,4 +76,21 @@ BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
         "hyperpolarizability", "structure", "ijk=ikj", -1, "a.u.", "sum",
         "first hyperpolarizability beta_ijk = d^2 mu_i / dE_j dE_k, symmetric in j, k",
     ),
+    FieldSpec(
+        "piezo_strain", "structure", "ijk=ikj", -1, "pC/N", "mean",
+        "piezoelectric strain tensor d_ijk = d strain_jk / dE_i, symmetric in j, k (Voigt d_iJ = 2 d_ijk for shear J)",
+    ),
+    FieldSpec("elastic", "structure", "ijkl=jikl=ijlk=klij", 1, "GPa", "mean", "elastic stiffness tensor C_ijkl"),
+    FieldSpec("virial", "structure", "ij=ji", 1, "eV", "sum", "virial tensor (DeePMD virial.npy), -stress x volume"),
+    FieldSpec(
+        "atomic_dipole", "atom", "i", -1, "e·Å", "sum",
+        "dipole attributed to an atom (DeePMD atomic_dipole: for DPLR data the Wannier-centroid displacement "
+        "from the atom, in Å, as stored); zero on atoms of unlabelled types",
+    ),
+    FieldSpec(
+        "atomic_polarizability", "atom", "ij", 1, "a.u.", "sum",
+        "polarizability attributed to an atom (DeePMD atomic_polarizability, units as stored; not always "
+        "symmetric); zero on atoms of unlabelled types",
+    ),
+    FieldSpec("nmr_shielding", "atom", "ij", 1, "ppm", "sum", "NMR chemical shielding tensor of each atom (not symmetric)"),
 )

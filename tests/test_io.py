@@ -90,9 +90,14 @@ def test_dielectric_is_symmetric_and_at_least_one(crystals):
         assert np.linalg.eigvalsh(eps).min() >= 1.0, f"structure {index}: eps_inf below 1"
 
 
-def test_labels_need_key_map_when_file_keys_are_not_field_names():
-    samples = read_ase(need(BECS), index=":2")
-    assert all(sample.targets == {} for sample in samples)
+def test_common_keys_are_read_without_key_map_unless_turned_off():
+    """``becs``/``eps`` are in the default key map (units fixed: e, dimensionless)."""
+    default = read_ase(need(BECS), index=":2")
+    mapped = read_ase(BECS, key_map=BECS_KEYS, index=":2")
+    for a, b in zip(default, mapped, strict=True):
+        assert set(a.targets) == {"born_charges", "dielectric"}
+        np.testing.assert_array_equal(a.targets["born_charges"], b.targets["born_charges"])
+    assert all(sample.targets == {} for sample in read_ase(BECS, index=":2", default_keys=False))
 
 
 def test_read_structures_picks_the_ase_reader_for_xyz_and_passes_options():

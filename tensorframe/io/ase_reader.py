@@ -1,9 +1,13 @@
 """Any structure file ase can read (extended XYZ, CIF, POSCAR, ...), labels included.
 
 Labels are taken from ``atoms.arrays`` (atom-level) and ``atoms.info`` (structure-level)
-under the names of registered fields, reshaped to the field's shape; ``key_map`` renames
-file keys to field names (``{"REF_dipole": "dipole"}``). Forces and energies attached by
-an ase calculator (extended XYZ ``forces=`` / ``energy=``) are read too.
+under the names of registered fields, reshaped row-major to the field's shape; ``key_map``
+renames file keys to field names (``{"REF_dipole": "dipole"}``). Forces and energies attached
+by an ase calculator (extended XYZ ``forces=`` / ``energy=``) are read too. Common keys with
+fixed units are mapped without a key_map (:data:`tensorframe.io.labels.DEFAULT_KEY_MAP`:
+``becs`` -> born_charges, ``eps``/``epsilon`` -> dielectric, ...); ``default_keys=False``
+turns that off. ``units={field: unit}`` converts (e.g. ``{"energy": "Ha", "dipole": "e*bohr"}``);
+``voigt=[field, ...]`` reads flat Voigt lists (see :mod:`tensorframe.io.labels`).
 """
 
 from __future__ import annotations
@@ -14,32 +18,57 @@ from typing import Any
 
 import numpy as np
 
+from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, structure_sample
 from tensorframe.io.convert import to_sample
+from tensorframe.io.labels import DEFAULT_KEY_MAP, LabelError, check_units, collect_labels, voigt_kinds
 from tensorframe.types import Sample
 
 
-def read_ase(path: str | Path, key_map: dict[str, str] | None = None, index: str = ":", format: str | None = None) -> list[Sample]:
+def read_ase(
+    path: str | Path,
+    key_map: dict[str, str] | None = None,
+    index: str = ":",
+    format: str | None = None,
+    default_keys: bool = True,
+    units: dict[str, str] | None = None,
+    voigt: list[str] | dict[str, str] | None = None,
+    min_distance: float = MIN_DISTANCE,
+) -> list[Sample]:
     """Every structure in ``path`` (``index`` selects frames the way ``ase.io.read`` does).
+
+    Args:
+        key_map: file key -> field name; wins over the default keys for the fields it names.
+        default_keys: also map the common keys of :data:`DEFAULT_KEY_MAP`.
+        units: {field: unit of the file}, converted to tensorframe's units.
+        voigt: fields stored as flat Voigt lists (or {field: kind}).
+        min_distance: atoms closer than this (Å) are an error; 0 turns the check off.
 
     Shapes: each Sample's targets hold atom-level fields as (N, 3, ...) and structure-level
     fields as (3, ...), reshaped from the file's flat rows (row-major).
 
     Raises:
         ValueError: naming the file, the structure (its frame number in the file) and,
-            for a label of the wrong size, the field and the key it came from.
+            for a bad label, the field and the key it came from (wrong size, NaN, missing
+            in some structures); unknown elements and overlapping atoms likewise.
     """
     import ase.io
 
     from tensorframe.registry import get_registry
 
     fields = get_registry().items["field"]
-    key_map = dict(key_map or {})
+    key_map = merged_key_map(key_map, default_keys)
+    scales = check_units(units)
+    kinds = voigt_kinds(voigt)
     frame_of = _frame_numbers(index)
     samples: list[Sample] = []
+    wheres: list[str] = []
     try:
         for number, atoms in enumerate(ase.io.iread(str(path), index=index, format=format)):
-            samples.append(_sample_with_labels(atoms, fields, key_map, f"{path}: structure {frame_of(number)}"))
-    except (FileNotFoundError, _LabelError):
+            where = f"{path}: structure {frame_of(number)}"
+            sample = structure_sample(lambda atoms=atoms: to_sample(atoms), where, min_distance)
+            samples.append(sample.with_targets(_labels(atoms, sample.num_atoms, fields, key_map, where, kinds, scales)))
+            wheres.append(where)
+    except (FileNotFoundError, ValueError):
         raise
     except Exception as error:  # noqa: BLE001 - ase raises many kinds for a malformed file
         raise ValueError(
@@ -47,11 +76,17 @@ def read_ase(path: str | Path, key_map: dict[str, str] | None = None, index: str
         ) from error
     if not samples:
         raise ValueError(f"{path}: no structures found for index {index!r}")
+    check_same_labels(samples, wheres)
     return samples
 
 
-class _LabelError(ValueError):
-    """A label of the wrong size or type (raised as is, not wrapped as a malformed file)."""
+def merged_key_map(key_map: dict[str, str] | None, default_keys: bool = True) -> dict[str, str]:
+    """The user's key_map over the default keys (a default is dropped when the user maps
+    another key to its field)."""
+    user = dict(key_map or {})
+    merged = {k: v for k, v in DEFAULT_KEY_MAP.items() if v not in user.values()} if default_keys else {}
+    merged.update(user)
+    return merged
 
 
 def _frame_numbers(index: str) -> Callable[[int], int | str]:
@@ -67,27 +102,15 @@ def _frame_numbers(index: str) -> Callable[[int], int | str]:
     return lambda n: f"#{n} of selection {index!r}"
 
 
-def _sample_with_labels(atoms: Any, fields: dict[str, Any], key_map: dict[str, str], where: str) -> Sample:
-    sample = to_sample(atoms)
-    found: dict[str, np.ndarray] = {}
+def _labels(
+    atoms: Any, num_atoms: int, fields: dict[str, Any], key_map: dict[str, str], where: str,
+    kinds: dict[str, str], scales: dict[str, float],
+) -> dict[str, np.ndarray]:
     sources = dict(atoms.info)
     sources.update({k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")})
     if atoms.calc is not None:
         sources.update(getattr(atoms.calc, "results", {}))
-    for key, value in sources.items():
-        name = key_map.get(key, key)
-        if name not in fields:
-            continue
-        spec = fields[name]
-        shape = ((sample.num_atoms,) if spec.level == "atom" else ()) + spec.shape
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise _LabelError(f"{where}, field {name!r} (key {key!r}): not numeric: {error}") from None
-        if array.size != int(np.prod(shape)):
-            raise _LabelError(
-                f"{where}, field {name!r} (key {key!r}): expected {int(np.prod(shape))} "
-                f"numbers for shape {shape}, got shape {array.shape}"
-            )
-        found[name] = array.reshape(shape)
-    return sample.with_targets(found)
+    return collect_labels(sources, fields, key_map, num_atoms, where, kinds, scales)
+
+
+__all__ = ["LabelError", "merged_key_map", "read_ase"]

@@ -1,4 +1,13 @@
-"""Pick a registered reader by explicit name or by file extension."""
+"""Pick a registered reader by explicit name, by what a path looks like, or by extension.
+
+Built-in formats (``format=`` names; options in each reader's docstring and docs/data-formats.md):
+
+    ase     extended XYZ, CIF, POSCAR, ... (anything ase reads)   .xyz .extxyz .cif .vasp POSCAR ...
+    deepmd  DeePMD-kit npy systems                                a directory with type.raw
+    vasp    VASP OUTCAR / vasprun.xml (LEPSILON, LCALCEPS)       OUTCAR*, vasprun*.xml*
+    etgnn   ETGNN layout: id_prop.csv + <ID>.vasp / <ID>.cif      a directory with id_prop.csv, .csv
+    asedb   ASE databases                                         .db
+"""
 
 from __future__ import annotations
 
@@ -8,15 +17,44 @@ from typing import Any
 from tensorframe.registry import get_registry
 from tensorframe.types import Sample
 
+_COMPRESSED = (".gz", ".bz2", ".xz")
+
 
 def read_structures(path: str | Path, format: str | None = None, **options: Any) -> list[Sample]:
-    """Samples from ``path`` with the reader named ``format``, or the first whose
-    extensions match, falling back to the ``ase`` reader."""
+    """Samples from ``path`` with the reader named ``format``; without one, the reader that
+    :func:`guess_format` picks. ``options`` go to the reader."""
     registry = get_registry()
-    if format is not None:
-        return registry.get("reader", format).read(path, **options)
-    for name in registry.names("reader"):
-        spec = registry.items["reader"][name]
-        if spec.matches(path):
-            return spec.read(path, **options)
-    return registry.get("reader", "ase").read(path, **options)
+    name = format if format is not None else guess_format(path)
+    return registry.get("reader", name).read(path, **options)
+
+
+def guess_format(path: str | Path) -> str:
+    """The reader for ``path``: a DeePMD system or an ETGNN folder for a directory, ``vasp``
+    for names with OUTCAR or vasprun, else the first reader (by name) whose extensions match
+    the name without a compression suffix, else ``ase``.
+
+    Raises:
+        FileNotFoundError: a directory or file that does not exist.
+        ValueError: a directory that is no known layout.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "id_prop.csv").is_file():
+            return "etgnn"
+        if (path / "type.raw").is_file() or next(path.rglob("type.raw"), None) is not None:
+            return "deepmd"
+        raise ValueError(
+            f"{path}: a directory, but neither a DeePMD system (type.raw) nor an ETGNN folder (id_prop.csv); "
+            f"pass format= to choose a reader"
+        )
+    name = path.name.lower()
+    if "outcar" in name or "vasprun" in name:
+        return "vasp"
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    registry = get_registry()
+    for reader in registry.names("reader"):
+        if registry.items["reader"][reader].matches(name):
+            return reader
+    return "ase"

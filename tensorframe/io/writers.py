@@ -210,9 +210,14 @@ def born_file_text(result: SymmetrizedBorn, factor: float | None = None) -> str:
     atoms = " ".join(str(i + 1) for i in result.independent_atoms)
     first = "default" if factor is None else f"{factor:.8f}"
     lines = [f"{first}    # tensorframe: epsilon and Z* of atoms {atoms} (space group {result.international_symbol})"]
-    lines.append(("%13.8f " * 9) % tuple(result.dielectric.reshape(-1)))
+    row = "%13.8f " * 9
+
+    def clean(values: np.ndarray) -> tuple[float, ...]:
+        return tuple(np.round(values.reshape(-1), 8) + 0.0)  # no "-0.00000000" for round-off
+
+    lines.append(row % clean(result.dielectric))
     for index in result.independent_atoms:
-        lines.append(("%13.8f " * 9) % tuple(result.born_charges[index].reshape(-1)))
+        lines.append(row % clean(result.born_charges[index]))
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 

@@ -1,0 +1,217 @@
+"""VASP linear-response output (LEPSILON / LCALCEPS, DFPT or finite differences) through
+pymatgen: OUTCAR or vasprun.xml, plain or compressed (.gz, .bz2, .xz).
+
+One file gives one structure (the input structure of the run: the initial positions of
+vasprun.xml, the first ionic configuration of the OUTCAR) with the labels found in it:
+
+- ``born_charges`` (N, 3, 3) in e, the per-ion blocks exactly as VASP prints them: row a is
+  the electric-field (polarisation) direction, column b the displacement,
+  ``Z*_{k,ab} = dP_a / du_{k,b}`` (tensorframe's convention, PHYSICS.md). OUTCAR via
+  ``Outcar.born`` (the last BORN EFFECTIVE CHARGES section); vasprun.xml from its
+  ``born_charges`` array (pymatgen's Vasprun does not read it).
+- ``dielectric`` (3, 3): option ``dielectric``: ``"electronic"`` (default; eps_inf, VASP's
+  "MACROSCOPIC STATIC DIELECTRIC TENSOR (including local field effects)", vasprun
+  ``epsilon``), ``"ionic"`` (the IONIC CONTRIBUTION, ``epsilon_ion``) or ``"total"``
+  (eps_0 = electronic + ionic).
+- ``piezo`` (3, 3, 3) in C/m^2, OUTCAR only: option ``piezo``: ``"total"`` (default;
+  relaxed-ion = electronic + ionic), ``"electronic"`` (clamped-ion) or ``"ionic"``. VASP
+  prints the columns as XX YY ZZ XY YZ ZX; ``PiezoTensor.from_vasp_voigt`` converts them,
+  e_ijk = e_iJ (stress-type, no factor 2).
+
+All tensors are in the Cartesian frame of the run's lattice vectors, the same frame as the
+positions returned. A component that is asked for explicitly and absent is an error; with
+the defaults, absent components are left out (a warning says so for a piezo tensor without
+its ionic part). Units need no conversion (e, dimensionless, C/m^2).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from tensorframe.io.checks import MIN_DISTANCE, not_found, structure_sample
+from tensorframe.io.convert import to_sample
+from tensorframe.io.labels import label_array
+from tensorframe.types import Sample
+
+Component = Literal["electronic", "ionic", "total"]
+
+_MARKERS = {
+    "born": re.compile(r"BORN EFFECTIVE CHARGES"),
+    "eps_electronic": re.compile(r"MACROSCOPIC STATIC DIELECTRIC TENSOR \("),
+    "eps_ionic": re.compile(r"MACROSCOPIC STATIC DIELECTRIC TENSOR IONIC CONTRIBUTION"),
+    "piezo_electronic": re.compile(r"PIEZOELECTRIC TENSOR\s+for field in x, y, z\s+\(C/m\^2\)"),
+    "piezo_ionic": re.compile(r"PIEZOELECTRIC TENSOR IONIC CONTR\s+for field in x, y, z\s+\(C/m\^2\)"),
+}
+
+
+def read_vasp(
+    path: str | Path,
+    dielectric: Component | None = None,
+    piezo: Component | None = None,
+    structure: str | Path | None = None,
+    min_distance: float = MIN_DISTANCE,
+) -> list[Sample]:
+    """One Sample with the Born charges, dielectric and piezo tensors of a VASP run.
+
+    Args:
+        dielectric: which dielectric tensor goes to ``dielectric`` (default electronic).
+        piezo: which piezo tensor goes to ``piezo`` (default total, where the file has it).
+        structure: a POSCAR/CONTCAR to take the structure from instead of the file itself.
+        min_distance: atoms closer than this (Å) are an error; 0 turns the check off.
+
+    Shapes: born_charges (N, 3, 3), dielectric (3, 3), piezo (3, 3, 3).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file and the field: unreadable or truncated file, no
+            linear-response labels, a requested component absent, a wrong number of ions.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise not_found(path)
+    for name, value in (("dielectric", dielectric), ("piezo", piezo)):
+        if value not in (None, "electronic", "ionic", "total"):
+            raise ValueError(f"{name}: expected 'electronic', 'ionic' or 'total', got {value!r}")
+    where = f"{path}: structure 0"
+    if _is_vasprun(path):
+        if piezo is not None:
+            raise ValueError(f"{path}: vasprun.xml holds no piezoelectric tensor; read the OUTCAR for piezo")
+        atoms, parts = _read_vasprun(path)
+    else:
+        atoms, parts = _read_outcar(path)
+    if structure is not None:
+        import ase.io
+
+        atoms = ase.io.read(str(structure))
+    sample = structure_sample(lambda: to_sample(atoms), where, min_distance)
+    return [sample.with_targets(_labels(parts, dielectric, piezo, sample.num_atoms, where, path))]
+
+
+def _is_vasprun(path: Path) -> bool:
+    name = path.name.lower()
+    if "vasprun" in name or ".xml" in name:
+        return True
+    if "outcar" in name:
+        return False
+    from monty.io import zopen
+
+    with zopen(str(path), "rt") as handle:
+        return handle.read(200).lstrip().startswith("<?xml")
+
+
+def _read_outcar(path: Path) -> tuple[object, dict[str, np.ndarray]]:
+    import ase.io
+    from monty.io import zopen
+    from pymatgen.analysis.piezo import PiezoTensor
+    from pymatgen.io.vasp.outputs import Outcar
+
+    try:
+        with zopen(str(path), "rt") as handle:
+            text = handle.read()
+        found = {key: bool(pattern.search(text)) for key, pattern in _MARKERS.items()}
+        outcar = Outcar(str(path))
+        if not getattr(outcar, "lepsilon", False) and (found["born"] or found["eps_electronic"]):
+            outcar.read_lepsilon()  # LCALCEPS runs, which pymatgen reads only for LEPSILON = T
+        if (found["eps_ionic"] or found["piezo_ionic"]) and not hasattr(outcar, "dielectric_ionic_tensor"):
+            outcar.read_lepsilon_ionic()  # finite-difference runs (IBRION = 5, 6)
+        atoms = ase.io.read(str(path), index=0, format="vasp-out")
+    except Exception as error:  # noqa: BLE001 - pymatgen/ase raise many kinds for a broken file
+        raise ValueError(f"{path}: cannot be read as a VASP OUTCAR (truncated?): {type(error).__name__}: {error}") from None
+    parts: dict[str, np.ndarray] = {}
+    born = np.asarray(getattr(outcar, "born", []), dtype=np.float64)
+    if found["born"] and born.size:
+        parts["born"] = born
+    if found["eps_electronic"]:
+        parts["eps_electronic"] = np.asarray(outcar.dielectric_tensor, dtype=np.float64)
+    if found["eps_ionic"]:
+        parts["eps_ionic"] = np.asarray(outcar.dielectric_ionic_tensor, dtype=np.float64)
+    if found["piezo_electronic"]:
+        parts["piezo_electronic"] = np.asarray(PiezoTensor.from_vasp_voigt(outcar.piezo_tensor))
+    if found["piezo_ionic"]:
+        parts["piezo_ionic"] = np.asarray(PiezoTensor.from_vasp_voigt(outcar.piezo_ionic_tensor))
+    return atoms, parts
+
+
+def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray]]:
+    from pymatgen.io.vasp.outputs import Vasprun
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # POTCAR / convergence warnings are not ours to show
+            run = Vasprun(str(path), parse_dos=False, parse_eigen=False, parse_projected_eigen=False,
+                          parse_potcar_file=False, exception_on_bad_xml=True)
+        born = _vasprun_born_charges(path)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot be read as a VASP vasprun.xml (truncated?): {type(error).__name__}: {error}") from None
+    parts: dict[str, np.ndarray] = {}
+    if born is not None:
+        parts["born"] = born
+    if len(run.epsilon_static):
+        parts["eps_electronic"] = np.asarray(run.epsilon_static, dtype=np.float64)
+    if len(run.epsilon_ionic):
+        parts["eps_ionic"] = np.asarray(run.epsilon_ionic, dtype=np.float64)
+    return run.initial_structure, parts
+
+
+def _vasprun_born_charges(path: Path) -> np.ndarray | None:
+    """The ``<array name="born_charges">`` block: one ``<set>`` of three ``<v>`` rows per ion."""
+    import xml.etree.ElementTree as ElementTree
+
+    from monty.io import zopen
+
+    with zopen(str(path), "rb") as handle:
+        for _, element in ElementTree.iterparse(handle, events=("end",)):
+            if element.tag == "array" and element.get("name") == "born_charges":
+                rows = [[v.text.split() for v in ion.findall("v")] for ion in element.findall("set")]
+                return np.array(rows, dtype=np.float64)
+    return None
+
+
+def _labels(parts: dict[str, np.ndarray], dielectric: str | None, piezo: str | None, num_atoms: int,
+            where: str, path: Path) -> dict[str, np.ndarray]:
+    from tensorframe.registry import get_registry
+
+    fields = get_registry().items["field"]
+    labels: dict[str, np.ndarray] = {}
+    if "born" in parts:
+        born = parts["born"]
+        if born.shape[0] > num_atoms and born.shape[0] % num_atoms == 0:
+            born = born[-num_atoms:]  # several BORN sections: the last one
+        labels["born_charges"] = label_array(born, fields["born_charges"], num_atoms, where, "BORN EFFECTIVE CHARGES")
+    eps = _component(parts, "eps", dielectric or "electronic", explicit=dielectric is not None, path=path, field="dielectric")
+    if eps is not None:
+        labels["dielectric"] = label_array(eps, fields["dielectric"], num_atoms, where)
+    piezo_tensor = _component(parts, "piezo", piezo or "total", explicit=piezo is not None, path=path, field="piezo")
+    if piezo_tensor is not None:
+        labels["piezo"] = label_array(piezo_tensor, fields["piezo"], num_atoms, where)
+    if not labels:
+        raise ValueError(
+            f"{where}: no Born charges, dielectric or piezoelectric tensor found; expected the output of a "
+            f"LEPSILON or LCALCEPS run"
+        )
+    return labels
+
+
+def _component(parts: dict[str, np.ndarray], prefix: str, which: str, explicit: bool, path: Path,
+               field: str) -> np.ndarray | None:
+    electronic, ionic = parts.get(f"{prefix}_electronic"), parts.get(f"{prefix}_ionic")
+    value = {"electronic": electronic, "ionic": ionic,
+             "total": None if electronic is None or ionic is None else electronic + ionic}[which]
+    if value is None and explicit:
+        present = [name for name, part in (("electronic", electronic), ("ionic", ionic)) if part is not None]
+        raise ValueError(
+            f"{path}: structure 0, field {field!r}: the {which} tensor needs parts that the file lacks "
+            f"(present: {', '.join(present) or 'none'})"
+        )
+    if value is None and prefix == "piezo" and electronic is not None:
+        warnings.warn(
+            f"{path}: piezo: only the clamped-ion (electronic) tensor is present, so no 'piezo' label was "
+            f"read; pass piezo='electronic' to use it",
+            stacklevel=4,
+        )
+    return value
