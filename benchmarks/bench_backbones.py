@@ -21,7 +21,7 @@ forward+backward:
 - ``etgnn_trunk``: ETGNN without its triplet embedding and triplet updates, i.e. its DimeNet++
   part; triplet messages never feed the edge messages, so it returns the same node and edge
   features (checked). ``etgnn - etgnn_trunk`` is the cost of the triplet blocks.
-- ``etgnn_checkpoint[+heads]``: ETGNN with ``checkpoint: true`` (forward+backward only).
+- ``etgnn_checkpoint+heads``: ETGNN with ``checkpoint: true`` under the heads (forward+backward only).
 - ``pyg_dimenetpp_4A`` / ``pyg_dimenetpp_6A``: PyG's DimeNet++ (hidden 128, int_emb 64,
   basis_emb 8, out_emb 256, 4 blocks, 7 spherical, 6 radial, cutoff 6 Å), its own basis,
   embedding, interaction and output blocks run on our edges and triplets (PyG's own
@@ -97,7 +97,6 @@ TRUNK_PARTS = ("basis", "edge embedding", "angular filters", "edge updates", "ou
 TRIPLET_PARTS = ("triplet embedding", "triplet updates")
 SERIES_LABELS = {
     "etgnn_trunk": "etgnn trunk (no triplet blocks)",
-    "etgnn_checkpoint": "etgnn, checkpoint: true",
     "etgnn_checkpoint+heads": "etgnn, checkpoint: true + heads",
     "pyg_dimenetpp_4A": "PyG DimeNet++, 4 Å triplets",
     "pyg_dimenetpp_6A": "PyG DimeNet++, 6 Å triplets",
@@ -351,8 +350,8 @@ def backbone_series(group: str, model: nn.Module, graph: Graph) -> dict[str, dic
         f"{group}+heads": {"forward": forward_call(model, graph),
                            "forward_backward": backward_call(model, model, prediction_loss, graph)},
     }
-    if group == "etgnn_checkpoint":  # blocks are recomputed only when gradients are on: its forward is etgnn's
-        return {name: {"forward_backward": modes["forward_backward"]} for name, modes in series.items()}
+    if group == "etgnn_checkpoint":  # recomputation needs gradients (its forward is etgnn's); training = with heads
+        return {f"{group}+heads": {"forward_backward": series[f"{group}+heads"]["forward_backward"]}}
     if group == "etgnn":
         trunk = functools.partial(etgnn_trunk, model.backbone)
         series["etgnn_trunk"] = {"forward": forward_call(trunk, graph),
@@ -690,8 +689,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="calls before the measured ones, for calls under the budget "
                         "(default 1, quick 0)")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed calls per case (default 3)")
-    parser.add_argument("--max-pyg-triplets", type=int, default=3_000_000,
-                        help="skip PyG DimeNet++ on triplet sets larger than this (default 3e6)")
+    parser.add_argument("--max-pyg-triplets", type=int,
+                        help="skip PyG DimeNet++ on triplet sets larger than this (default 2.5e6, quick 1e5)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per worker subprocess (default 900)")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per size and group")
     parser.add_argument("--no-pyg", action="store_true", help="skip PyG DimeNet++")
@@ -708,6 +707,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeats = 1 if args.quick else 3
     if args.warmup is None:
         args.warmup = 0 if args.quick else 1
+    if args.max_pyg_triplets is None:
+        args.max_pyg_triplets = 100_000 if args.quick else 2_500_000
     args.in_process = args.in_process or args.quick
     args.profile = not (args.no_profile or args.quick)
     if any(s < 1 for s in args.sizes):

@@ -248,7 +248,7 @@ def label(numbers: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
 
 ROTATION_CHECKS: tuple[tuple[str, int, bool], ...] = (("CH3COF", 0, False), ("HCOOH", 0, False), ("NH3", 0, True))
 ENERGY_CHECKS: tuple[tuple[str, int], ...] = (("CH3CHO", 0), ("NF3", 1))
-ENERGY_STEP = 0.001  # Å along a unit direction in the 3N-dimensional configuration space
+ENERGY_STEP = 0.0002  # Å along a unit direction in the 3N-dimensional configuration space
 
 
 def _cached(path: Path, compute: Callable[..., dict[str, np.ndarray]], *args: np.ndarray) -> dict[str, np.ndarray]:

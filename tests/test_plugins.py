@@ -27,8 +27,9 @@ BUILTINS = {
     "backbone": {"reference"},
     "head": {"force", "born", "dielectric", "piezo", "scalar", "tensor"},
     "field": {"energy", "forces", "dipole", "born_charges", "dielectric", "polarizability", "piezo",
-              "hyperpolarizability"},
-    "reader": {"ase"},
+              "hyperpolarizability", "piezo_strain", "elastic", "virial", "atomic_dipole",
+              "atomic_polarizability", "nmr_shielding"},
+    "reader": {"ase", "asedb", "deepmd", "etgnn", "vasp"},
 }
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("tensorframe_"))
 

@@ -11,9 +11,6 @@ import copy
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +80,10 @@ def write_synthetic(path: Path, copies: int = 2, seed: int = 0) -> list[ase.Atom
     return frames
 
 
-def make_config(folder: Path, data: str = "data.xyz", **overrides: Any) -> dict[str, Any]:
+def make_config(folder: Path, data_path: str = "data.xyz", **overrides: Any) -> dict[str, Any]:
     config = {
         "model": copy.deepcopy(STUDENT),
-        "data": {"path": data, "key_map": KEY_MAP},
+        "data": {"path": data_path, "key_map": KEY_MAP},
         "split": {"train": 0.6, "valid": 0.2, "test": 0.2, "seed": 0},
         "targets": {"born_charges": 1.0, "dielectric": 1.0},
         "optimizer": {"lr": 0.005},
@@ -389,14 +386,40 @@ def test_config_typo_names_the_file_and_the_valid_keys(workdir: Path):
         ({"targets": {"piezo": 1.0}}, ["targets.piezo", "no head predicts", "born_charges, dielectric"]),
         ({"model": {**STUDENT, "backbone": {"name": "reference", "hiden": 16}}}, ["model.backbone.hiden", "hidden"]),
         ({"device": "gpu"}, ["device"]),
+        ({"data": {"path": "nope.xyz"}}, ["data.path", "nope.xyz", "no such file"]),
+        ({"data": {"path": "data.xyz", "default": True}}, ["data", "not both"]),
+        ({"data": {"path": "data.xyz", "options": {"indx": ":"}}}, ["data.options", "indx"]),
+        ({"data": {"path": "data.xyz", "format": "xyzz"}}, ["data.format", "xyzz"]),
     ],
-    ids=["loss-choice", "nested-typo", "fractions", "target-without-head", "backbone-option", "device"],
+    ids=["loss-choice", "nested-typo", "fractions", "target-without-head", "backbone-option", "device", "no-file",
+         "two-sources", "reader-option", "reader-name"],
 )
 def test_bad_config_gives_one_line(workdir: Path, change: dict[str, Any], parts: list[str]):
     path = write_config(workdir, make_config(workdir, **change))
     code, err = cli("train", str(path))
     assert code == 2
     assert_one_line(err, *parts)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(workdir: Path):
+    code, err = cli("train", str(write_config(workdir, make_config(workdir))), "--device", "cuda")
+    assert code == 2
+    assert_one_line(err, "device", "'cuda'", "no CUDA device")
+
+
+def test_tensorboard_logs_when_installed_and_warns_otherwise(workdir: Path):
+    config = make_config(workdir, epochs=1, tensorboard=True)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.warns(UserWarning, match="tensorboard package is not installed"):
+            result = run(config, workdir)
+        assert not (result.output_dir / "tensorboard").exists()
+    else:
+        result = run(config, workdir)
+        assert any((result.output_dir / "tensorboard").iterdir())
+    assert len(log_rows(result.output_dir)) == 1
 
 
 def test_invalid_yaml_names_the_line(workdir: Path):
@@ -440,7 +463,7 @@ def test_bad_data_names_file_structure_and_field(tmp_path: Path, spoil, parts: l
     frames = good_frames()
     spoil(frames)
     write_frames(tmp_path / "bad.xyz", frames)
-    path = write_config(tmp_path, make_config(tmp_path, data="bad.xyz", split={"train": 0.5, "valid": 0.3, "test": 0.2}))
+    path = write_config(tmp_path, make_config(tmp_path, data_path="bad.xyz", split={"train": 0.5, "valid": 0.3, "test": 0.2}))
     code, err = cli("train", str(path))
     assert code == 2
     assert_one_line(err, str(tmp_path / "bad.xyz"), *parts)
@@ -462,10 +485,31 @@ def test_wrong_label_shape_names_file_structure_and_field(tmp_path: Path):
     frames = good_frames()
     frames[4].info["eps"] = np.ones(6)  # Voigt-like 6 numbers where 9 are expected
     write_frames(tmp_path / "bad.xyz", frames)
-    path = write_config(tmp_path, make_config(tmp_path, data="bad.xyz"))
+    path = write_config(tmp_path, make_config(tmp_path, data_path="bad.xyz"))
     code, err = cli("train", str(path))
     assert code == 2
     assert_one_line(err, "bad.xyz", "structure 4", "'dielectric'", "(3, 3)")
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ({"born_charges": np.zeros((2, 9)), "dielectric": np.eye(3)}, r"'born_charges': label of shape \(2, 9\), expected \(2, 3, 3\)"),
+        ({"born_charges": np.zeros((2, 3, 3)), "dielectric": np.full((3, 3), np.inf)}, "'dielectric': label holds NaN, inf"),
+    ],
+    ids=["shape", "inf"],
+)
+def test_validate_samples_checks_labels_of_any_reader(targets: dict[str, np.ndarray], message: str):
+    """Labels from any reader (not only ase's, which reshapes) are checked before training."""
+    from tensorframe.train.data import DataError, Dataset, validate_samples
+
+    model = tf.build_model(STUDENT)
+    good = tf.Sample([11, 17], [[0, 0, 0], [2.8, 0, 0]], targets={"born_charges": np.zeros((2, 3, 3)), "dielectric": np.eye(3)})
+    bad = tf.Sample([11, 17], [[0, 0, 0], [2.8, 0, 0]], targets=targets)
+    dataset = Dataset([good, bad], ["mine.h5: structure 0", "mine.h5: structure 1"])
+    validate_samples(model, dataset, [0], ["born_charges", "dielectric"])
+    with pytest.raises(DataError, match="mine.h5: structure 1: field " + message):
+        validate_samples(model, dataset, [0, 1], ["born_charges", "dielectric"])
 
 
 def test_existing_run_needs_resume_and_resume_refuses_a_changed_config(workdir: Path):
@@ -480,17 +524,14 @@ def test_existing_run_needs_resume_and_resume_refuses_a_changed_config(workdir: 
 
 
 def test_traceback_only_with_debug(workdir: Path):
+    """Without --debug one line and exit 2 (above); with it, in either place, the exception
+    itself propagates (so the traceback is printed)."""
     config = make_config(workdir)
     config["epoch"] = 3
     path = write_config(workdir, config)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    plain = subprocess.run([sys.executable, "-m", "tensorframe", "train", str(path)], capture_output=True, text=True,
-                           env=env, timeout=120)
-    debug = subprocess.run([sys.executable, "-m", "tensorframe", "train", str(path), "--debug"], capture_output=True,
-                           text=True, env=env, timeout=120)
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr
-    assert_one_line(plain.stderr, "tensorframe train: error:", "epoch")
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    for argv in (["train", str(path), "--debug"], ["--debug", "train", str(path)]):
+        with pytest.raises(tf.ConfigError, match="epoch"):
+            main(argv)
 
 
 # -------------------------------------------------------------- real data
@@ -502,7 +543,7 @@ def test_trains_on_real_born_charges_and_dielectric(tmp_path: Path):
     model["cutoff"], model["triplet_cutoff"] = 4.0, 3.0
     model["heads"] = [{"name": "born", "hidden": 16, "acoustic_sum_rule": True},
                       {"name": "dielectric", "hidden": 16, "positive_definite": True}]
-    config = make_config(tmp_path, data=str(BECS_EPS), model=model, epochs=2)
+    config = make_config(tmp_path, data_path=str(BECS_EPS), model=model, epochs=2)
     config["data"] = {"path": str(BECS_EPS), "key_map": {"becs": "born_charges", "eps": "dielectric"},
                       "options": {"index": ":20"}}
     code, err = cli("train", str(write_config(tmp_path, config)))
@@ -529,3 +570,16 @@ def test_default_data_set(tmp_path: Path):
     code, err = cli("train", str(write_config(tmp_path, config)))
     assert code == 0, err
     assert set(json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]) >= {"mae_dipole", "mae_born_charges"}
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path: Path):
+    """Each example config validates, its model builds (backbone plugin installed) and every
+    target has a head."""
+    from tensorframe.train import load_train_config
+    from tensorframe.train.data import check_targets_predicted
+
+    config = load_train_config(path)
+    if config.model.backbone.name not in tf.get_registry().names("backbone"):
+        pytest.skip(f"backbone {config.model.backbone.name!r} is not installed")
+    check_targets_predicted(tf.build_model(config.model), config.targets)

@@ -7,6 +7,7 @@ training on K processes.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -23,12 +24,16 @@ def register(subparsers) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tensorframe.config import ConfigError
     from tensorframe.train import Trainer, load_train_config
 
     config = load_train_config(args.config)
-    result = Trainer(config, base_dir=Path(args.config).parent, resume=args.resume, device=args.device,
-                     output_dir=args.output_dir).run()
-    if "RANK" not in __import__("os").environ or __import__("os").environ.get("RANK") == "0":
+    try:
+        result = Trainer(config, base_dir=Path(args.config).parent, resume=args.resume, device=args.device,
+                         output_dir=args.output_dir).run()
+    except ConfigError as error:  # found only once the model is built: name the config file too
+        raise ConfigError(f"{args.config}: {error}") from error
+    if os.environ.get("RANK", "0") == "0":  # one summary under torchrun
         test = result.metrics.get("test", {})
         summary = "  ".join(f"{k} {v:.4g}" for k, v in test.items() if k.startswith("mae_"))
         print(f"stopped by {result.stopped} after {result.metrics['epochs']} epochs; best epoch "

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, structure_sample
+from tensorframe.io.checks import MIN_DISTANCE, InputError, check_same_labels, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import DEFAULT_KEY_MAP, LabelError, check_units, collect_labels, voigt_kinds
 from tensorframe.types import Sample
@@ -68,7 +68,7 @@ def read_ase(
             sample = structure_sample(lambda atoms=atoms: to_sample(atoms), where, min_distance)
             samples.append(sample.with_targets(_labels(atoms, sample.num_atoms, fields, key_map, where, kinds, scales)))
             wheres.append(where)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, InputError):
         raise
     except Exception as error:  # noqa: BLE001 - ase raises many kinds for a malformed file
         raise ValueError(

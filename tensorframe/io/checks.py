@@ -23,12 +23,18 @@ the check off)."""
 MAX_ATOMIC_NUMBER = 118
 
 
+class InputError(ValueError):
+    """Bad input found by a check (raised as is by readers, never re-wrapped)."""
+
+
 def structure_sample(build: Callable[[], Sample], where: str, min_distance: float = MIN_DISTANCE) -> Sample:
     """``build()`` (a Sample without labels), its errors prefixed with ``where``, then checked."""
     try:
         sample = build()
+    except InputError:
+        raise
     except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{where}: {error}") from None
+        raise InputError(f"{where}: {error}") from None
     check_structure(sample, where, min_distance)
     return sample
 
@@ -42,18 +48,18 @@ def check_structure(sample: Sample, where: str, min_distance: float = MIN_DISTAN
     numbers = sample.numbers
     bad = np.flatnonzero((numbers < 1) | (numbers > MAX_ATOMIC_NUMBER))
     if bad.size:
-        raise ValueError(
+        raise InputError(
             f"{where}: atom {int(bad[0])} has unknown element (atomic number {int(numbers[bad[0]])}); "
             f"expected 1-{MAX_ATOMIC_NUMBER}"
         )
     if sample.num_atoms == 0:
-        raise ValueError(f"{where}: no atoms")
+        raise InputError(f"{where}: no atoms")
     if sample.pbc.any():
         if not np.all(np.isfinite(sample.cell)):
-            raise ValueError(f"{where}: cell has NaN or inf")
+            raise InputError(f"{where}: cell has NaN or inf")
         periodic = sample.cell[sample.pbc]
         if np.linalg.matrix_rank(periodic, tol=1e-8) < periodic.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"{where}: cell vectors {periodic.tolist()} of the periodic directions "
                 f"{np.flatnonzero(sample.pbc).tolist()} are zero or linearly dependent"
             )
@@ -74,7 +80,7 @@ def _check_overlap(sample: Sample, where: str, min_distance: float) -> None:
     if close.any():
         k = int(np.argmin(np.where(close, dist, np.inf)))
         image = "" if not shift[k].any() else f" (periodic image {shift[k].astype(int).tolist()})"
-        raise ValueError(
+        raise InputError(
             f"{where}: atoms {int(i[k])} and {int(j[k])}{image} overlap, {dist[k]:.3f} Å apart; "
             f"expected at least min_distance={min_distance} Å"
         )
@@ -94,7 +100,7 @@ def check_same_labels(samples: Sequence[Sample], wheres: Sequence[str]) -> None:
         missing = [name for name in everything if name not in sample.targets]
         if missing:
             name = missing[0]
-            raise ValueError(
+            raise InputError(
                 f"{wheres[index]}, field {name!r}: missing, but given for {wheres[everything[name]]}; "
                 f"every structure needs the same labels"
             )

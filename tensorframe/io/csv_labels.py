@@ -42,7 +42,7 @@ EXTENSIONS = {"poscar": (".vasp",), "cif": (".cif",), None: (".vasp", ".cif")}
 
 def read_etgnn(
     path: str | Path,
-    field: str,
+    field: str | None = None,
     structures: str | Path | None = None,
     file_type: str | None = None,
     units: dict[str, str] | None = None,
@@ -74,6 +74,11 @@ def read_etgnn(
     if file_type not in EXTENSIONS:
         raise ValueError(f"file_type: expected 'poscar' or 'cif', got {file_type!r}")
     fields = get_registry().items["field"]
+    if field is None:
+        raise ValueError(
+            f"{table}: the etgnn reader needs field= (the field the CSV values are, e.g. 'born_charges' with "
+            f"9 numbers per atom, or 'dielectric' with 9 per structure)"
+        )
     if field not in fields:
         raise ValueError(f"field: unknown field {field!r}; valid choices: {', '.join(sorted(fields))}")
     spec = fields[field]
@@ -84,7 +89,7 @@ def read_etgnn(
         index = len(samples)
         where = f"{table}: structure {index} (row {row_number}, ID {row[0]!r})"
         structure_file = _structure_file(folder, row[0], file_type, where)
-        sample = structure_sample(lambda f=structure_file: to_sample(_read_structure(f, where)), where, min_distance)
+        sample = structure_sample(lambda f=structure_file: to_sample(_read_structure(f)), where, min_distance)
         values = _numbers(row[1:], where, field)
         label = label_array(values, spec, sample.num_atoms, where, voigt_kind=kind, scale=scale)
         samples.append(sample.with_targets({field: label}))
@@ -132,7 +137,7 @@ def _structure_file(folder: Path, identifier: str, file_type: str | None, where:
     raise FileNotFoundError(f"{where}: no structure file; expected {' or '.join(str(c) for c in candidates)}")
 
 
-def _read_structure(file: Path, where: str):
+def _read_structure(file: Path):
     from pymatgen.core import Structure
 
     try:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorframe.fields import FieldSpec
 from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, not_found, structure_sample
 from tensorframe.io.labels import check_units, label_array
 from tensorframe.types import Sample
@@ -59,6 +60,8 @@ DEFAULT_FILES: dict[str, str] = {
     "atomic_polarizability": "atomic_polarizability",
 }
 _ATOMIC_OF = {"dipole": "atomic_dipole", "polarizability": "atomic_polarizability"}
+SELECTED_TYPE_FIELDS = frozenset(_ATOMIC_OF.values())
+"""Fields that DeePMD may label on the atoms of selected types only (expanded with zeros)."""
 
 
 def find_systems(path: Path) -> list[Path]:
@@ -115,7 +118,12 @@ def read_deepmd(
     return samples
 
 
-def _read_system(system, type_map, sel_type, files, fields, pbc, scales, min_distance, samples, wheres) -> None:
+def _read_system(
+    system: Path, type_map: Sequence[str] | None, sel_type: Sequence[str] | None, files: dict[str, str],
+    fields: dict[str, FieldSpec], pbc: bool | None, scales: dict[str, float], min_distance: float,
+    samples: list[Sample], wheres: list[str],
+) -> None:
+    """Append the frames of one system (every set) to ``samples`` / ``wheres``."""
     numbers = _atomic_numbers(system, type_map)
     types = _load_raw(system / "type.raw", int)
     num_atoms = len(numbers)
@@ -136,7 +144,7 @@ def _read_system(system, type_map, sel_type, files, fields, pbc, scales, min_dis
             if stem in _ATOMIC_OF and array.shape[1] > int(np.prod(fields[field].shape)):
                 field = _ATOMIC_OF[stem]  # the older layout: per selected atom
             spec = fields[field]
-            if spec.level == "atom":
+            if field in SELECTED_TYPE_FIELDS:
                 array = _expand_selected(array, numbers, types, sel_type, spec, file)
             labels[field] = (file, array)
         for frame in range(frames):
@@ -204,7 +212,8 @@ def _load(file: Path, width: tuple[int, ...] | None, frames: int | None = None) 
     return array
 
 
-def _expand_selected(array, numbers, types, sel_type, spec, file: Path) -> np.ndarray:
+def _expand_selected(array: np.ndarray, numbers: np.ndarray, types: np.ndarray, sel_type: Sequence[str] | None,
+                     spec: FieldSpec, file: Path) -> np.ndarray:
     """(frames, k N) as is; (frames, k N_sel) -> (frames, k N) with zeros on unselected atoms."""
     size = int(np.prod(spec.shape))
     num_atoms = len(types)
@@ -219,7 +228,8 @@ def _expand_selected(array, numbers, types, sel_type, spec, file: Path) -> np.nd
     return full.reshape(array.shape[0], -1)
 
 
-def _selected_atoms(numbers, types, sel_type, count: int, file: Path) -> np.ndarray:
+def _selected_atoms(numbers: np.ndarray, types: np.ndarray, sel_type: Sequence[str] | None, count: int,
+                    file: Path) -> np.ndarray:
     from ase.data import chemical_symbols
 
     if sel_type is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from tensorframe.fields import FieldSpec
 from tensorframe.io import units as units_module
 from tensorframe.io import voigt as voigt_module
+from tensorframe.io.checks import InputError
 
 # Keys common in public data sets whose units are fixed (e for Born charges, dimensionless
 # dielectric tensors); read without a key_map unless ``default_keys=False``. Dipoles and
@@ -43,7 +44,7 @@ DEFAULT_KEY_MAP: dict[str, str] = {
 DEFAULT_VOIGT_KIND: dict[str, str] = {"piezo_strain": "strain"}
 
 
-class LabelError(ValueError):
+class LabelError(InputError):
     """A label of the wrong size, type or value."""
 
 

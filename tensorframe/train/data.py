@@ -19,6 +19,7 @@ from tensorframe.config import ConfigError
 from tensorframe.fields import FieldSpec
 from tensorframe.graph.neighbors import neighbor_list
 from tensorframe.model import TensorModel
+from tensorframe.registry import PluginError
 from tensorframe.train.config import DataConfig, SplitConfig, resolve_path
 from tensorframe.types import Sample
 
@@ -60,7 +61,12 @@ def load_dataset(config: DataConfig, base: Path) -> Dataset:
         path = resolve_path(base, value)
         if not path.exists():
             raise DataError(f"data.path: {path}: no such file or folder")
-        read = read_structures(path, format=config.format, **options)
+        try:
+            read = read_structures(path, format=config.format, **options)
+        except TypeError as error:  # an option this reader does not take
+            raise DataError(f"data.options / data.key_map: {path}: {error}") from None
+        except PluginError as error:
+            raise DataError(f"data.format: {error}") from None
         samples.extend(read)
         origins.extend(f"{path}: structure {i}" for i in range(len(read)))
     if not samples:

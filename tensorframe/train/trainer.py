@@ -87,6 +87,23 @@ class TrainResult:
     stopped: str
 
 
+class TargetHeads(torch.nn.Module):
+    """The model's backbone and only the heads of the target fields: no work for other heads,
+    and under DDP their parameters are found unused rather than waited for.
+
+    Shapes: forward(graph) -> {target field: (N or B, 3, ...)} in physical units
+    """
+
+    def __init__(self, model: TensorModel, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = list(names)
+
+    def forward(self, graph) -> dict[str, torch.Tensor]:
+        features = self.model.features(graph)
+        return {name: self.model.scaling[name](self.model.heads[name](graph, features), graph) for name in self.names}
+
+
 class Trainer:
     """Trains the model of a :class:`TrainConfig`.
 
@@ -146,7 +163,7 @@ class Trainer:
                                                               config.normalize.shift).items():
                     self.model.scaling[name].set(scale, shift)
         self.scales = {name: float(self.model.scaling[name].scale) for name in self.targets}
-        self.network = wrap_model(self.model, self.context)
+        self.network = wrap_model(TargetHeads(self.model, list(self.targets)), self.context)
 
     def _load_last(self, path: Path) -> None:
         if not path.exists():
@@ -216,7 +233,7 @@ class Trainer:
         for start in range(0, len(mine), size):
             graph, labels = self._batch(mine[start : start + size])
             with self._autocast():
-                predictions = self.model(graph)
+                predictions = self.network.module(graph) if self.context.enabled else self.network(graph)
             _, batch_stats = batch_loss(predictions, labels, self.fields, self.targets, self.scales,
                                         graph.atoms_per_structure, self.config.loss)
             stats += batch_stats.double()
