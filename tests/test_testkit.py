@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import tensorframe as tf
 from tensorframe.fields import FieldSpec
@@ -58,9 +57,8 @@ def _base_model(*heads: Head) -> tf.TensorModel:
         "backbone": {"name": "reference", "hidden": 16, "num_radial": 8, "triplets": True},
         "heads": [{"name": "force", "hidden": 16}],
     }
-    model = tf.build_model(config)
-    model.heads = nn.ModuleDict({head.field.name: head for head in heads})
-    return model.double().eval()
+    base = tf.build_model(config)
+    return tf.TensorModel(base.config, base.backbone, list(heads), base.lifting).double().eval()
 
 
 def _correct_model() -> tf.TensorModel:
