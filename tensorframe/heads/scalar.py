@@ -14,10 +14,13 @@ from tensorframe.types import Graph, InvariantFeatures
 
 
 class ScalarHeadConfig(PluginConfig):
+    """Unset ``level``/``reduce``/``units`` come from the field registry for a registered scalar
+    field (energy: structure level, sum, eV), else structure level, sum, no units."""
+
     field: str = "energy"
-    level: Literal["atom", "structure"] = "structure"
-    reduce: Literal["mean", "sum"] = "sum"
-    units: str = ""
+    level: Literal["atom", "structure"] | None = None
+    reduce: Literal["mean", "sum"] | None = None
+    units: str | None = None
     hidden: int = 64
 
 
@@ -41,5 +44,13 @@ class ScalarHead(Head):
 
 
 def build_scalar_head(config: ScalarHeadConfig, dims: FeatureDims) -> ScalarHead:
-    field = FieldSpec(config.field, config.level, "", 1, config.units, config.reduce)
+    from tensorframe.registry import get_registry
+
+    known = get_registry().items["field"].get(config.field)
+    if known is not None and known.symmetry:
+        raise ValueError(f"field {config.field!r} is a rank-{known.rank} tensor; use the tensor head for it")
+    level = config.level or (known.level if known else "structure")
+    reduce = config.reduce or (known.reduce if known else "sum")
+    units = config.units if config.units is not None else (known.units if known else "")
+    field = FieldSpec(config.field, level, "", 1, units, reduce)
     return ScalarHead(field, dims, hidden=config.hidden)
