@@ -30,8 +30,8 @@ forward+backward:
   and on the full 6 Å set DimeNet++ would build (skipped above ``--max-pyg-triplets``).
   Loss = mean square of its node output.
 
-Forward runs in eval mode under ``torch.no_grad``. ETGNN's forward is also split by module
-forward hooks into trunk and triplet blocks; one forward+backward of ETGNN and of PyG
+Forward runs in eval mode under ``torch.no_grad``. ETGNN's timed forward calls are also split
+by module forward hooks into trunk and triplet blocks; one forward+backward of ETGNN and of PyG
 DimeNet++ (4 Å) near 512 atoms is profiled (``torch.profiler``, top operators by self CPU
 time). Writes ``<out>/backbones.json`` and the section between ``<!-- backbones:start -->``
 and ``<!-- backbones:end -->`` of the docs file.
@@ -40,6 +40,7 @@ and ``<!-- backbones:end -->`` of the docs file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import gc
@@ -82,6 +83,7 @@ PEROVSKITE_FRACTIONAL = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.
 PEROVSKITE_NUMBERS = np.array([56, 22, 8, 8, 8])  # Ba, Ti, O, O, O
 DEFAULT_SIZES = (8, 64, 216, 512, 1000, 2000)
 QUICK_SIZES = (8, 64)
+TRUNK_CHECK_TRIPLETS = 200_000  # the trunk is checked against the full backbone on graphs up to this size
 PROFILE_SIZE = 512  # atoms requested for the profiled run (the nearest benchmarked size is used)
 MODES = ("forward", "forward_backward")
 HEADS = ({"name": "born"}, {"name": "dielectric"}, {"name": "piezo"})
@@ -282,52 +284,61 @@ def backward_call(model: nn.Module, run: Callable[[Graph], Any], loss: Callable[
     return call
 
 
-def etgnn_forward_breakdown(backbone: nn.Module, graph: Graph, repeats: int, budget_s: float) -> dict[str, float]:
-    """Median forward time (ms) of each part of ETGNN from forward pre/post hooks on its modules;
-    ``other`` is the rest of the forward (envelope product, max_z check)."""
-    parts: dict[str, list[nn.Module]] = {
-        "basis": [backbone.rbf, backbone.sbf],
-        "edge embedding": [backbone.edge_embedding],
-        "angular filters": [block.angular for block in backbone.blocks],
-        "edge updates": [block.edge for block in backbone.blocks],
-        "output": [backbone.output],
-        "triplet embedding": [backbone.triplet_embedding],
-        "triplet updates": [block.triplet for block in backbone.blocks],
-    }
-    totals = dict.fromkeys(parts, 0.0)
-    starts: dict[int, float] = {}
+class ForwardParts:
+    """Forward time of each part of ETGNN in every backbone call made while active (a context
+    manager), from forward pre/post hooks on its modules; ``other`` is the rest of the forward
+    (envelope product, max_z check). The hooks cost microseconds per call."""
 
-    def pre_hook(module: nn.Module, _: Any) -> None:
-        starts[id(module)] = time.perf_counter()
+    def __init__(self, backbone: nn.Module) -> None:
+        self.backbone = backbone
+        self.parts: dict[str, list[nn.Module]] = {
+            "basis": [backbone.rbf, backbone.sbf],
+            "edge embedding": [backbone.edge_embedding],
+            "angular filters": [block.angular for block in backbone.blocks],
+            "edge updates": [block.edge for block in backbone.blocks],
+            "output": [backbone.output],
+            "triplet embedding": [backbone.triplet_embedding],
+            "triplet updates": [block.triplet for block in backbone.blocks],
+        }
+        self.records: list[dict[str, float]] = []  # ms per part, one dict per backbone call
+        self._totals = dict.fromkeys(self.parts, 0.0)
+        self._starts: dict[int, float] = {}
+        self._handles: list[Any] = []
 
-    def post_hook(name: str) -> Callable[..., None]:
+    def _pre(self, module: nn.Module, _: Any) -> None:
+        if module is self.backbone:
+            self._totals = dict.fromkeys(self.parts, 0.0)
+        self._starts[id(module)] = time.perf_counter()
+
+    def _post(self, name: str | None) -> Callable[..., None]:
         def hook(module: nn.Module, _: Any, __: Any) -> None:
-            totals[name] += time.perf_counter() - starts[id(module)]
+            elapsed = time.perf_counter() - self._starts[id(module)]
+            if name is not None:
+                self._totals[name] += elapsed
+                return
+            record = {part: 1e3 * value for part, value in self._totals.items()}
+            record["other"] = 1e3 * elapsed - sum(record.values())
+            record["total"] = 1e3 * elapsed
+            self.records.append(record)
 
         return hook
 
-    handles = [handle for name, modules in parts.items() for module in modules
-               for handle in (module.register_forward_pre_hook(pre_hook),
-                              module.register_forward_hook(post_hook(name)))]
-    samples: dict[str, list[float]] = {name: [] for name in [*parts, "other", "total"]}
-    spent = 0.0
-    try:
-        with torch.no_grad():
-            while not samples["total"] or (len(samples["total"]) < repeats and spent + spent / len(samples["total"])
-                                           <= budget_s):
-                totals.update(dict.fromkeys(totals, 0.0))
-                start = time.perf_counter()
-                backbone(graph)
-                total = time.perf_counter() - start
-                spent += total
-                for name, value in totals.items():
-                    samples[name].append(1e3 * value)
-                samples["other"].append(1e3 * (total - sum(totals.values())))
-                samples["total"].append(1e3 * total)
-    finally:
-        for handle in handles:
+    def __enter__(self) -> ForwardParts:
+        pairs = [(module, name) for name, modules in self.parts.items() for module in modules]
+        for module, name in [(self.backbone, None), *pairs]:
+            self._handles += [module.register_forward_pre_hook(self._pre),
+                              module.register_forward_hook(self._post(name))]
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for handle in self._handles:
             handle.remove()
-    return {name: statistics.median(values) for name, values in samples.items()}
+        self._handles = []
+
+    def median(self, last: int) -> dict[str, float]:
+        """Median over the ``last`` recorded calls of each part's time (ms)."""
+        records = self.records[-last:]
+        return {name: statistics.median(r[name] for r in records) for name in records[0]}
 
 
 def profile_top_ops(call: Callable[[], Any], top: int = 15) -> list[dict[str, Any]]:
@@ -365,12 +376,15 @@ def pyg_series(model: nn.Module, graph: Graph) -> dict[str, Callable[[], Any]]:
 
 
 def _measure_series(model: nn.Module, series: dict[str, dict[str, Callable[[], Any]]], results: list[dict],
-                    warmup: int, repeats: int, budget_s: float) -> None:
+                    warmup: int, repeats: int, budget_s: float,
+                    contexts: dict[tuple[str, str], Any] | None = None) -> None:
+    """Measure every call of ``series``, each under its context manager from ``contexts``, if any."""
     for name, modes in series.items():
         for mode, call in modes.items():
             model.train(mode == "forward_backward")
             print(f"[bench_backbones]   {name} {mode}", file=sys.stderr, flush=True)
-            results.append({"series": name, "mode": mode, **measure(call, warmup, repeats, budget_s)})
+            with (contexts or {}).get((name, mode), contextlib.nullcontext()):
+                results.append({"series": name, "mode": mode, **measure(call, warmup, repeats, budget_s)})
 
 
 def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget_s: float, profile: bool,
@@ -406,14 +420,19 @@ def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget
     gc.collect()
     out["baseline_rss_mb"] = _rss_mb()
     series = backbone_series(group, model, graph)
-    _measure_series(model, series, out["results"], warmup, repeats, budget_s)
-    if group == "etgnn":
-        model.eval()
-        with torch.no_grad():
-            full, trunk = model.backbone(graph), etgnn_trunk(model.backbone, graph)
-        out["trunk_matches_backbone"] = bool(torch.equal(full.node, trunk.node) and torch.equal(full.edge, trunk.edge))
-        del full, trunk
-        out["forward_breakdown_ms"] = etgnn_forward_breakdown(model.backbone, graph, repeats, budget_s)
+    parts = ForwardParts(model.backbone) if group == "etgnn" else None
+    _measure_series(model, series, out["results"], warmup, repeats, budget_s,
+                    {("etgnn", "forward"): parts} if parts is not None else None)
+    if parts is not None:
+        timed = next(r for r in out["results"] if (r["series"], r["mode"]) == ("etgnn", "forward"))["repeats"]
+        out["forward_breakdown_ms"] = parts.median(last=timed)  # from the timed forward calls themselves
+        if graph.num_triplets <= TRUNK_CHECK_TRIPLETS:
+            model.eval()
+            with torch.no_grad():
+                full, trunk = model.backbone(graph), etgnn_trunk(model.backbone, graph)
+            out["trunk_matches_backbone"] = bool(torch.equal(full.node, trunk.node)
+                                                 and torch.equal(full.edge, trunk.edge))
+            del full, trunk
         if profile:
             out["profile"] = {"etgnn": _profile(model, series["etgnn"]["forward_backward"])}
     out["max_rss_mb"] = _max_rss_mb()

@@ -8,7 +8,9 @@ each in several randomly rotated (uniform SO(3)) and rattled conformations, labe
     dipole               e·Å                 from the SCF density plus the nuclei
     polarizability       a.u. (bohr^3)       alpha_ij = d mu_i / d E_j            (finite fields)
     hyperpolarizability  a.u.                beta_ijk = d^2 mu_i / dE_j dE_k      (finite fields)
-    born_charges         e                   Z_{k,ab} = d mu_a / d R_{k,b}        (finite displacements)
+    born_charges         e                   Z_{k,ab} = d mu_a / d R_{k,b} = d F_{k,b} / d E_a
+                                             (finite fields of analytic forces; checked against
+                                             finite displacements of the dipole)
 
 Usage (needs the ``data`` extra, ``pip install 'tensorframe[data]'``)::
 
@@ -46,7 +48,7 @@ MOLECULES: tuple[str, ...] = (
 BASIS = "6-31g*"
 CARTESIAN = True          # six Cartesian d functions, as 6-31G* was defined (Gaussian's default)
 FIELD = 0.004             # a.u., finite electric field
-STEP = 0.002              # Å, finite displacement for the atomic polar tensors
+STEP = 0.002              # Å, finite displacement of the dipole (the APT check)
 RATTLE = 0.05             # Å, standard deviation of the Gaussian rattle
 CONV_TOL = 1e-12          # Hartree
 CONV_TOL_GRAD = 1e-8

@@ -21,6 +21,7 @@ from tensorframe.io.ase_reader import read_ase
 from tensorframe.io.asedb import read_asedb
 from tensorframe.io.csv_labels import read_etgnn
 from tensorframe.io.deepmd import read_deepmd
+from tensorframe.io.nmr import read_matten_nmr
 from tensorframe.io.vasp import read_vasp
 from tensorframe.specs import BackboneSpec, HeadSpec, ReaderSpec
 from tensorframe.testing.reference_backbone import ReferenceBackboneConfig, build_reference_backbone
@@ -60,4 +61,5 @@ def tensorframe_register_readers() -> list[ReaderSpec]:
         ReaderSpec("deepmd", read_deepmd, (), "DeePMD-kit npy system(s): a directory with type.raw and set.*/"),
         ReaderSpec("etgnn", read_etgnn, (".csv",), "ETGNN layout: id_prop.csv (ID, tensor components) + <ID>.vasp/.cif"),
         ReaderSpec("vasp", read_vasp, ("outcar", ".xml"), "VASP OUTCAR / vasprun.xml: Born charges, dielectric, piezo"),
+        ReaderSpec("matten-nmr", read_matten_nmr, (), "matten si_nmr_data.json: per-atom NMR shielding tensors"),
     ]

@@ -99,31 +99,35 @@ def test_apt_equals_dipole_derivative_by_displacements(samples: list[Sample], ar
         start += n
         stored = samples[index].targets["born_charges"]
         assert np.abs(stored - by_displacement).max() < 1e-3, index
-        assert np.abs(by_displacement.sum(axis=0)).max() < 1e-3, index
+        assert np.abs(by_displacement.sum(axis=0)).max() < 1e-4, index
         # the check discriminates: the transposed tensor (indices swapped) does not match
         assert np.abs(stored.transpose(0, 2, 1) - by_displacement).max() > 1e-2, index
     assert start == len(displaced)
 
 
 def test_polarizability_symmetric_positive_definite(samples: list[Sample]) -> None:
-    """alpha_ij = -d^2 W / dE_i dE_j is symmetric (stored unsymmetrised) and positive definite."""
+    """alpha_ij = -d^2 W / dE_i dE_j is symmetric (stored unsymmetrised) and positive definite.
+    The finite-field error, F^2 (gamma_ijjj - gamma_jiii) / 6, grows with the molecule's
+    response: at most 1.2e-4 of max |alpha| in the set (acrylonitrile)."""
     alpha = stacked(samples, "polarizability")
     asymmetry = np.abs(alpha - alpha.transpose(0, 2, 1)).max(axis=(1, 2))
-    assert asymmetry.max() < 2e-3
+    assert np.all(asymmetry < 3e-4 * np.abs(alpha).max(axis=(1, 2)))
     eigenvalues = np.linalg.eigvalsh(0.5 * (alpha + alpha.transpose(0, 2, 1)))
     assert eigenvalues.min() > 0.5
 
 
 def test_hyperpolarizability_index_symmetry(samples: list[Sample]) -> None:
     """beta_ijk symmetric in j, k (the field's formula "ijk=ikj"); the static beta is
-    -d^3 W / dE_i dE_j dE_k, so it is also symmetric in i, j within the FD error."""
+    -d^3 W / dE_i dE_j dE_k, so it is symmetric under every permutation within the
+    finite-field error (at most 1.1e-3 of max |beta| in the set; 1e-3 a.u. floor for the
+    nearly centrosymmetric rattled F2 and N2, whose beta is nearly zero)."""
     beta = stacked(samples, "hyperpolarizability")
     assert np.array_equal(beta, beta.transpose(0, 1, 3, 2))
     scale = np.abs(beta).max(axis=(1, 2, 3))
-    assert scale.max() > 5.0
+    assert np.median(scale) > 5.0
     for perm in itertools.permutations(range(3)):
         error = np.abs(beta - beta.transpose(0, *(p + 1 for p in perm))).max(axis=(1, 2, 3))
-        assert error.max() < 1e-2, perm
+        assert np.all(error < 3e-3 * scale + 1e-3), perm
 
 
 def test_dipole_units(samples: list[Sample], arrays: dict[str, np.ndarray]) -> None:
@@ -156,7 +160,8 @@ def test_labels_rotate_as_tensors(samples: list[Sample], arrays: dict[str, np.nd
 
 
 def test_forces_are_minus_energy_gradient(samples: list[Sample], arrays: dict[str, np.ndarray]) -> None:
-    """(E(r + h d) - E(r - h d)) / 2h = -F . d for a random unit direction d (h = 0.001 Å)."""
+    """(E(r + h d) - E(r - h d)) / 2h = -F . d for a random unit direction d (h = 0.0002 Å;
+    the central difference is good to ~2e-6 eV/Å here)."""
     step = default_dataset_metadata()["energy_check_step_angstrom"]
     offsets = arrays["offsets"]
     directions = arrays["energy_check.direction"]
@@ -169,7 +174,7 @@ def test_forces_are_minus_energy_gradient(samples: list[Sample], arrays: dict[st
         slope = (plus - minus) / (2 * step)
         projected = np.sum(samples[index].targets["forces"] * direction)
         assert abs(projected) > 0.05, index  # a direction along which the energy changes
-        assert abs(-slope - projected) < 1e-4, index
+        assert abs(-slope - projected) < 2e-5, index
 
 
 def test_loader_names_file_and_missing_field(tmp_path, arrays: dict[str, np.ndarray]) -> None:

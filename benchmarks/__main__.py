@@ -1,0 +1,74 @@
+"""``python -m benchmarks run --tasks ... --backbones ... --peers ... [--reduced] [--out DIR] [--docs/--no-docs]``
+and ``python -m benchmarks docs --inputs A.json B.json [--json OUT.json]`` (merge parallel runs, rewrite the docs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.common import REPO_ROOT, write_json
+from benchmarks.peers import available_peers
+from benchmarks.suite import BACKBONES, RUNS_DIR, run_suite
+from benchmarks.suite_report import merge, write_docs
+from benchmarks.tasks import TASKS
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+PLOTS = REPO_ROOT / "docs" / "benchmarks"
+
+
+def _names(values: list[str] | None, choices: list[str], what: str) -> list[str]:
+    if not values or values == ["all"]:
+        return list(choices)
+    if values == ["none"]:
+        return []
+    out = [v for value in values for v in value.split(",") if v]
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and evaluate backbones and peers on the tasks")
+    run.add_argument("--tasks", nargs="*", help=f"task names or 'all' (choices: {', '.join(TASKS)})")
+    run.add_argument("--backbones", nargs="*", help=f"backbone names or 'all' ({', '.join(BACKBONES)})")
+    run.add_argument("--peers", nargs="*", help="peer names, 'all' (the modules in benchmarks/peers/) or 'none'")
+    run.add_argument("--reduced", action="store_true", help="CI mode: tiny subsets, 1 epoch, a small backbone")
+    run.add_argument("--out", type=Path, default=None,
+                     help="folder for the JSON and the training runs (default: benchmarks/results; "
+                          "reduced runs default to benchmarks/results/runs/reduced)")
+    run.add_argument("--json", type=str, default=None, help="JSON file name inside --out (default suite.json, "
+                                                            "suite-reduced.json in reduced mode)")
+    run.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
+                     help="rewrite the suite section of docs/benchmarks.md and its plots (default: on for full runs)")
+    docs = sub.add_parser("docs", help="merge suite JSONs and rewrite the docs section")
+    docs.add_argument("--inputs", nargs="+", type=Path, required=True)
+    docs.add_argument("--json", type=Path, default=RESULTS / "suite.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "docs":
+        result = merge([json.loads(p.read_text()) for p in args.inputs])
+        write_json(args.json.resolve(), result)
+        write_docs(result, args.json.resolve())
+        print(f"wrote {args.json} and the suite section of docs/benchmarks.md")
+        return 0
+    tasks = _names(args.tasks, list(TASKS), "task")
+    backbones = _names(args.backbones, list(BACKBONES), "backbone")
+    peers = _names(args.peers, available_peers(), "peer")
+    out = (args.out or (RUNS_DIR / "reduced" if args.reduced else RESULTS)).resolve()
+    json_path = out / (args.json or ("suite-reduced.json" if args.reduced else "suite.json"))
+    docs = args.docs if args.docs is not None else not args.reduced
+    runs_dir = out / "runs" if args.out is not None else (RUNS_DIR / "reduced" if args.reduced else RUNS_DIR)
+    result = run_suite(tasks, backbones, peers, args.reduced, json_path, runs_dir, PLOTS if docs else None)
+    if docs:
+        write_docs(result, json_path)
+    print(f"wrote {json_path}" + (" and the suite section of docs/benchmarks.md" if docs else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

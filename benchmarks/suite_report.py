@@ -1,0 +1,128 @@
+"""The suite's markdown section of docs/benchmarks.md, generated from its JSON (never typed by hand)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO_ROOT, markdown_table, replace_section
+
+DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+def _g(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several suite JSONs (e.g. from parallel processes) as one; later files win per task."""
+    merged = dict(results[0])
+    merged["tasks"] = {}
+    merged["parts"] = [{"mode": r["mode"], "date": r["environment"].get("date"), "tasks": list(r["tasks"])}
+                       for r in results]
+    for r in results:
+        merged["tasks"].update(r["tasks"])
+    return merged
+
+
+def task_section(name: str, task: dict[str, Any]) -> str:
+    lines = [f"### {name}", "", task["description"], "", f"Caveats: {task['caveats']}", ""]
+    lines.append(f"Data: `../shared/datasets/{task['dataset']}` (see its PROVENANCE.md)" if task["dataset"] != "embedded"
+                 else "Data: the embedded molecule set (`tensorframe.datasets.load_default_dataset`).")
+    if "skipped" in task:
+        return "\n".join([*lines, "", f"**Skipped:** {task['skipped']}", ""])
+    sizes = task["split_sizes"]
+    subset = task.get("subset_of_at_most")
+    lines += ["", f"{task['num_structures']} structures{' (seeded subset, at most %d kept)' % subset if subset else ''} (mean {task['num_atoms_mean']:.0f} atoms), split "
+              f"{sizes['train']}/{sizes['valid']}/{sizes['test']} (train/valid/test, seed {task['split_fractions'].get('seed', 0)}); "
+              f"cutoff {task['cutoff']} Å, triplet cutoff {task['triplet_cutoff']} Å; budget per model: "
+              f"{task['budget']['epochs']} epochs or {task['budget']['max_time_s']:g} s of training"
+              + (" (reduced mode)" if task.get("reduced") else "") + ".", ""]
+    fields = list(task["targets"])
+    rows: list[dict[str, Any]] = []
+    for bname, r in task.get("backbones", {}).items():
+        rows.append({"name": f"tensorframe {bname}" + (" (best)" if bname == task.get("best_backbone") else ""), **r})
+    for pname, r in task.get("peers", {}).items():
+        rows.append({"name": f"peer {pname}", **r})
+    best = task.get("backbones", {}).get(task.get("best_backbone") or "", {})
+    header = ["model"] + [f"{f} MAE" for f in fields] + [f"{f} RMSE" for f in fields] + [
+        "epochs", "train struct/s", "infer struct/s", "infer atoms/s", "train peak MiB", "params",
+        "MAE ratio to best backbone", "speed ratio (best backbone / peer)"]
+    table = []
+    notes = []
+    for r in rows:
+        if "error" in r or (r.get("supported") is False):
+            notes.append(f"- {r['name']}: {r.get('error') or r.get('reason')}")
+            continue
+        f = r.get("fields", {})
+        ratio = speed = "–"
+        if r["name"].startswith("peer") and best.get("fields"):
+            ratio = ", ".join(f"{_g(f[k]['mae'] / best['fields'][k]['mae'], 2)}" for k in fields
+                              if k in f and best["fields"][k]["mae"] > 0)
+            if r.get("inference_structures_per_s"):
+                speed = _g(best["inference_structures_per_s"] / r["inference_structures_per_s"], 2)
+        table.append([r["name"], *[_g(f.get(k, {}).get("mae")) for k in fields],
+                      *[_g(f.get(k, {}).get("rmse")) for k in fields], _g(r.get("epochs")),
+                      _g(r.get("train_structures_per_s")), _g(r.get("inference_structures_per_s")),
+                      _g(r.get("inference_atoms_per_s")),
+                      _g(r.get("train_peak_memory_mib", r.get("peak_memory_mib"))), _g(r.get("num_parameters")),
+                      ratio, speed])
+    lines += [markdown_table(header, table), ""]
+    units = ", ".join(f"{k} in {v['units'] or '(as stored)'}" for k, v in
+                      next((r["fields"] for r in task.get("backbones", {}).values() if "fields" in r), {}).items())
+    if units:
+        lines += [f"Units: {units}.", ""]
+    if notes:
+        lines += ["Not run:", *notes, ""]
+    b = task.get("bar", {})
+    if b:
+        lines += [f"- Bar 1 (tensorframe's best backbone matches or beats the best peer's test error): "
+                  f"{b['accuracy']['text']}.",
+                  f"- Bar 2 (ETGNN inference >= 3x faster than the e3nn peer at comparable accuracy): {b['speed']['text']}.", ""]
+    for plot in task.get("plots", []):
+        rel = Path(plot).relative_to("docs") if plot.startswith("docs/") else Path("..") / plot
+        lines.append(f"![parity {Path(plot).stem}]({rel})")
+    return "\n".join(lines) + "\n"
+
+
+def section(result: dict[str, Any], json_name: str) -> str:
+    env = result["environment"]
+    lines = [
+        "## Suite: every backbone and peer on the shared tensor tasks", "",
+        f"Written by `python -m benchmarks run` ({result['mode']} mode) on {env.get('date')} "
+        f"(commit {env.get('git_commit')}); do not edit by hand. Raw numbers: `{json_name}`.", "",
+        f"- Machine: {env.get('cpu')}, {env.get('cpu_count')} logical CPUs, OMP_NUM_THREADS="
+        f"{env.get('OMP_NUM_THREADS')}, torch threads {env.get('torch_num_threads')}; device cpu; "
+        f"versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + ".",
+        "- Backbone sizes: " + "; ".join(f"{k}: {json.dumps(v)}" for k, v in result["backbone_configs"].items()) + ".",
+        "- Test errors: MAE and RMSE over every Cartesian component of every test row (atoms or structures). "
+        "Best backbone = lowest mean over fields of MAE / mean |label|.",
+        f"- Inference: {result['inference']}. Training throughput: {result['training_throughput']}.",
+        f"- Memory: {result['memory_method']} (training: whole training call).",
+        "- Ratio columns (peers): MAE ratio = peer MAE / best backbone MAE per field (> 1: tensorframe more "
+        "accurate); speed ratio = best backbone inference structures/s / peer's (> 1: tensorframe faster). "
+        "Comparable accuracy for bar 2: ETGNN's relative error at most 10 % above the e3nn peer's.", "",
+    ]
+    summary = []
+    for name, task in result["tasks"].items():
+        b = task.get("bar", {})
+        summary.append([name, task.get("best_backbone") or task.get("skipped", "–"),
+                        b.get("accuracy", {}).get("text", "–"), b.get("speed", {}).get("text", "–")])
+    lines += [markdown_table(["task", "best backbone", "bar 1 (accuracy vs best peer)", "bar 2 (ETGNN vs e3nn speed)"],
+                             summary), ""]
+    for name, task in result["tasks"].items():
+        lines.append(task_section(name, task))
+    return "\n".join(lines)
+
+
+def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS) -> None:
+    rel = json_path.relative_to(REPO_ROOT) if json_path.resolve().is_relative_to(REPO_ROOT) else json_path
+    replace_section(docs, "suite", section(result, str(rel)))
+
+
+__all__ = ["merge", "section", "write_docs"]
