@@ -30,6 +30,19 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def train_throughput(record: dict[str, Any], n_train: int) -> float | None:
+    """Structures/s of training for a peer that reports only epochs, steps and time (same formula
+    as the suite uses for backbones: structures seen / training wall time)."""
+    if record.get("train_structures_per_s") is not None:
+        return record["train_structures_per_s"]
+    epochs, steps, seconds = record.get("epochs"), record.get("steps"), record.get("train_time_s")
+    if epochs is None or steps is None or not seconds:
+        return None
+    batch = int(record.get("settings", {}).get("batch_size", 8))
+    per_epoch = -(-n_train // batch)
+    return (epochs * n_train + max(0, steps - epochs * per_epoch) * batch) / seconds
+
+
 def task_section(name: str, task: dict[str, Any]) -> str:
     lines = [f"### {name}", "", task["description"], "", f"Caveats: {task['caveats']}", ""]
     lines.append(f"Data: `../shared/datasets/{task['dataset']}` (see its PROVENANCE.md)" if task["dataset"] != "embedded"
@@ -38,7 +51,7 @@ def task_section(name: str, task: dict[str, Any]) -> str:
         return "\n".join([*lines, "", f"**Skipped:** {task['skipped']}", ""])
     sizes = task["split_sizes"]
     subset = task.get("subset_of_at_most")
-    lines += ["", f"{task['num_structures']} structures{' (seeded subset, at most %d kept)' % subset if subset else ''} (mean {task['num_atoms_mean']:.0f} atoms), split "
+    lines += ["", f"{task['num_structures']} structures{f' (seeded subset, at most {subset} kept)' if subset else ''} (mean {task['num_atoms_mean']:.0f} atoms), split "
               f"{sizes['train']}/{sizes['valid']}/{sizes['test']} (train/valid/test, seed {task['split_fractions'].get('seed', 0)}); "
               f"cutoff {task['cutoff']} Å, triplet cutoff {task['triplet_cutoff']} Å; budget per model: "
               f"{task['budget']['epochs']} epochs or {task['budget']['max_time_s']:g} s of training"
@@ -68,7 +81,7 @@ def task_section(name: str, task: dict[str, Any]) -> str:
                 speed = _g(best["inference_structures_per_s"] / r["inference_structures_per_s"], 2)
         table.append([r["name"], *[_g(f.get(k, {}).get("mae")) for k in fields],
                       *[_g(f.get(k, {}).get("rmse")) for k in fields], _g(r.get("epochs")),
-                      _g(r.get("train_structures_per_s")), _g(r.get("inference_structures_per_s")),
+                      _g(train_throughput(r, sizes["train"])), _g(r.get("inference_structures_per_s")),
                       _g(r.get("inference_atoms_per_s")),
                       _g(r.get("train_peak_memory_mib", r.get("peak_memory_mib"))), _g(r.get("num_parameters")),
                       ratio, speed])

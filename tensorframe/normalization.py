@@ -2,7 +2,9 @@
 
 Only equivariant affine maps are allowed: a scale for every field, plus an isotropic shift
 for scalars (``shift``) and rank-2 tensors (``shift * I``). Shifts are per atom for atom-level
-and extensive (summed) fields, per structure for intensive (mean) fields.
+and extensive (summed) fields, per structure for intensive (mean) fields. Extensive and
+atom-level scalars (energies) also take a shift per element (reference atomic energies, the
+E0s of MACE or NequIP's per-species shifts).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import torch
 from torch import nn
 
 from tensorframe.fields import FieldSpec
+from tensorframe.ops.scatter import scatter_sum
 from tensorframe.types import Graph
+
+MAX_Z = 118
 
 
 class FieldScaling(nn.Module):
@@ -27,10 +32,25 @@ class FieldScaling(nn.Module):
         self.keep_identity = keep_identity
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("shift", torch.zeros(()))
+        self.register_buffer("element_shift", torch.zeros(MAX_Z + 1))
 
     @property
     def supports_shift(self) -> bool:
         return self.field.rank in (0, 2) and not self.keep_identity
+
+    @property
+    def supports_element_shift(self) -> bool:
+        return self.field.rank == 0 and (self.field.level == "atom" or self.field.reduce == "sum")
+
+    def set_element_shift(self, shifts: dict[int, float]) -> None:
+        """Reference values per element (atomic number -> value in the field's units)."""
+        if shifts and not self.supports_element_shift:
+            raise ValueError(f"field {self.field.name!r}: element shifts need an atom-level or summed scalar field")
+        self.element_shift.zero_()
+        for number, value in shifts.items():
+            if not 0 < int(number) <= MAX_Z:
+                raise ValueError(f"field {self.field.name!r}: atomic number {number} outside 1..{MAX_Z}")
+            self.element_shift[int(number)] = float(value)
 
     def set(self, scale: float, shift: float = 0.0) -> None:
         if not scale > 0:
@@ -48,6 +68,9 @@ class FieldScaling(nn.Module):
         y = self.scale * x
         if not self.supports_shift:
             return y
+        if self.supports_element_shift:
+            per_atom = self.element_shift.to(x.dtype).index_select(0, graph.numbers)
+            y = y + (per_atom if self.field.level == "atom" else scatter_sum(per_atom, graph.batch, graph.num_structures))
         unit = identity if identity is not None else torch.ones((), dtype=x.dtype, device=x.device)
         if self.field.level == "structure" and self.field.reduce == "sum":
             count = graph.atoms_per_structure.to(x.dtype).view(-1, *([1] * rank))

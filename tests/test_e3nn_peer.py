@@ -173,7 +173,7 @@ def _labelled_molecules() -> list[Sample]:
     structures = [molecule(name) for name in ("H2O", "NH3", "CH4", "CO2", "C2H4", "HCN", "CH3OH", "H2CO", "C2H2", "N2O")]
     samples = [to_sample(atoms, i) for i, atoms in enumerate(structures)]
     predictions = teacher.predict(samples)
-    return [s.with_targets({k: v.astype(np.float64) for k, v in p.items()}) for s, p in zip(samples, predictions)]
+    return [s.with_targets({k: v.astype(np.float64) for k, v in p.items()}) for s, p in zip(samples, predictions, strict=True)]
 
 
 MOLECULES = _labelled_molecules()
@@ -213,7 +213,7 @@ def test_field_metrics_count_only_the_named_elements():
     test = [MOLECULES[i] for i in SPLIT["valid"] + SPLIT["test"]]
     metrics = field_metrics(predictor, test, {"born_charges": [1]})["born_charges"]
     errors = [np.abs(p["born_charges"][s.numbers == 1] - s.targets["born_charges"][s.numbers == 1])
-              for s, p in zip(test, predictor.predict(test))]
+              for s, p in zip(test, predictor.predict(test), strict=True)]
     assert metrics["count"] == sum(int((s.numbers == 1).sum()) for s in test)
     assert math.isclose(metrics["mae"], float(np.concatenate(errors).mean()), rel_tol=1e-9)
 

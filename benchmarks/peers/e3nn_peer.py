@@ -158,6 +158,8 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
                   f"nonlinearity; forces by a direct 1o head"),
         "fields": metrics,
         "train_time_s": result.train_time_s,
+        "train_structures_per_s": result.structures_seen / result.train_time_s if result.train_time_s > 0 else None,
+        "train_note": "train_time_s includes graph building and validation after each epoch",
         "epochs": result.epochs,
         "steps": result.steps,
         "stopped": result.stopped,
@@ -183,3 +185,61 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
 
 
 __all__ = ["build_peer", "field_metrics", "make_graph_fn", "mean_neighbors", "run_peer"]
+
+
+def compare_inference(num_structures: int = 50, batch_size: int = 16, repeats: int = 3) -> dict[str, Any]:
+    """Inference speed of the e3nn peer and of tensorframe's ETGNN (hidden 64, the
+    ``configs/default_molecules.yaml`` sizes) on the first ``num_structures`` molecules of the
+    embedded set, with the heads of the ``default-molecules`` task; float32, ``no_grad``, untrained
+    weights (speed does not depend on them). ``predict`` includes graph building; ``forward`` runs on
+    graphs built beforehand (each model's own: the peer's has no triplets)."""
+    from benchmarks.common import environment, time_call
+    from benchmarks.tasks import TASKS
+    from tensorframe.datasets import load_default_dataset
+    from tensorframe.model import build_model
+
+    task = TASKS["default-molecules"]
+    samples = list(load_default_dataset())[:num_structures]
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    etgnn = build_model({
+        "cutoff": task.cutoff, "triplet_cutoff": task.triplet_cutoff,
+        "backbone": {"name": "etgnn", "hidden": 64, "triplet_dim": 64, "num_blocks": 3, "int_emb_size": 32,
+                     "out_emb_size": 64},
+        "heads": [dict(head, hidden=64) for head in task.heads],
+    }).eval()
+    fields = {name: get_registry().items["field"][name] for name in task.targets}
+    peer = build_peer(fields, samples, range(len(samples)), task.cutoff).eval()
+    peer_graph = make_graph_fn(task.cutoff, torch.float32, device)
+    predictors = {"etgnn": etgnn, "e3nn": GraphPredictor(peer, fields, peer_graph)}
+    graphs = {
+        "etgnn": [etgnn.make_graph(samples[s : s + batch_size]) for s in range(0, len(samples), batch_size)],
+        "e3nn": [peer_graph(samples[s : s + batch_size]) for s in range(0, len(samples), batch_size)],
+    }
+    modules = {"etgnn": etgnn, "e3nn": peer}
+    atoms = sum(s.num_atoms for s in samples)
+    rows: dict[str, Any] = {}
+    for name in ("etgnn", "e3nn"):
+        with torch.no_grad():
+            full = time_call(lambda n=name: predictors[n].predict(samples, batch_size), device, repeats, warmup=1)
+            forward = time_call(lambda n=name: [modules[n](g) for g in graphs[n]], device, repeats, warmup=1)
+        rows[name] = {
+            "predict_s": full.median_ms / 1e3, "forward_s": forward.median_ms / 1e3,
+            "predict_structures_per_s": len(samples) / (full.median_ms / 1e3),
+            "forward_structures_per_s": len(samples) / (forward.median_ms / 1e3),
+            "predict_atoms_per_s": atoms / (full.median_ms / 1e3),
+            "num_parameters": sum(p.numel() for p in modules[name].parameters() if p.requires_grad),
+            "edges": sum(g.num_edges for g in graphs[name]), "triplets": sum(g.num_triplets for g in graphs[name]),
+        }
+    return {
+        "num_structures": len(samples), "atoms": atoms, "batch_size": batch_size, "repeats": repeats,
+        "fields": list(fields), "models": rows,
+        "etgnn_speedup_predict": rows["e3nn"]["predict_s"] / rows["etgnn"]["predict_s"],
+        "etgnn_speedup_forward": rows["e3nn"]["forward_s"] / rows["etgnn"]["forward_s"],
+        "e3nn_model": f"hidden {peer.irreps_hidden}, sh {peer.irreps_sh}, {peer.config.num_layers} layers",
+        "environment": environment(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(compare_inference(), indent=1))

@@ -163,8 +163,9 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
              out_dir: Path, venv: Path | None = None) -> dict[str, Any]:
     """Train and test MACE on a task's splits within its budget (see the module docstring).
 
-    ``budget``: ``epochs``, ``max_time_s`` and optional ``batch_size`` (8), ``eval_batch_size``
-    (= batch_size), ``lr`` (1e-3), ``seed`` (the split's seed), ``timeout_s`` (per model),
+    ``budget``: ``epochs``, ``max_time_s`` and optional ``batch_size`` (8, as the suite),
+    ``eval_batch_size`` (16, the suite's inference batch), ``lr`` (0.01, MACE's default),
+    ``seed`` (the split's seed), ``timeout_s`` (per model),
     ``dtype`` ("float32", MACE's training default; "float64" for exact checks).
     """
     groups, unsupported = plan_models(task.targets)
@@ -181,7 +182,7 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
     batch_size = int(budget.get("batch_size", 8))
     train_cfg = {
         "epochs": int(budget["epochs"]), "batch_size": batch_size,
-        "eval_batch_size": int(budget.get("eval_batch_size") or batch_size), "lr": float(budget.get("lr", 1e-3)),
+        "eval_batch_size": int(budget.get("eval_batch_size", 16)), "lr": float(budget.get("lr", 0.01)),
         "seed": int(budget.get("seed", task.split.get("seed", 0))),
         "max_time_s": None if max_time is None else float(max_time) / len(groups),
         "dtype": str(budget.get("dtype", "float32")),

@@ -6,7 +6,9 @@ per-field scale fitted on the training split by :func:`tensorframe.train.data.fi
 the batch size; the epoch order (:func:`tensorframe.train.distributed.epoch_orders` with the
 seed); gradient clipping; an optional ReduceLROnPlateau; the budget (``epochs`` and
 ``max_time_s``, checked after every step); and the model kept is the one with the lowest
-validation loss. Metrics use :func:`tensorframe.evaluate.evaluate` through :class:`GraphPredictor`.
+validation loss. One difference: an epoch cut short by ``max_time_s`` is still validated here
+(tensorframe's trainer then keeps the best of the completed epochs). Metrics use
+:func:`tensorframe.evaluate.collect_pairs` through :class:`GraphPredictor`.
 
 A peer model is any ``nn.Module`` with ``forward(graph) -> {field: tensor}`` in physical units
 (atom-level fields (N, 3, ...), structure-level (B, 3, ...)) and a ``make_graph(samples)``
@@ -70,6 +72,7 @@ class TrainOutcome:
     train_time_s: float
     best_epoch: int
     best_valid_loss: float
+    structures_seen: int = 0  # training structures passed through (forward + backward)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -154,7 +157,7 @@ def train_peer(module: nn.Module, samples: Sequence[Sample], split: Mapping[str,
     best_state, best_loss, best_epoch = None, math.inf, 0
     history: list[dict[str, float]] = []
     started = time.monotonic()
-    stopped, steps, epoch = "epochs", 0, 0
+    stopped, steps, epoch, seen = "epochs", 0, 0, 0
     while epoch < settings.epochs:
         order = epoch_orders(len(train), epoch, settings.seed, 1)[0]
         module.train()
@@ -173,6 +176,7 @@ def train_peer(module: nn.Module, samples: Sequence[Sample], split: Mapping[str,
             optimizer.step()
             losses.append(float(loss.detach()))
             steps += 1
+            seen += len(chunk)
             if settings.max_time_s is not None and time.monotonic() - started > settings.max_time_s:
                 out_of_time = True
                 break
@@ -195,7 +199,7 @@ def train_peer(module: nn.Module, samples: Sequence[Sample], split: Mapping[str,
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()
-    return TrainOutcome(epoch, steps, stopped, train_time, best_epoch, best_loss, history)
+    return TrainOutcome(epoch, steps, stopped, train_time, best_epoch, best_loss, seen, history)
 
 
 def inference_throughput(predictor: GraphPredictor, samples: Sequence[Sample], batch_size: int = 16,

@@ -194,6 +194,30 @@ def _check_label(sample: Sample, field: FieldSpec, where: str) -> None:
         raise DataError(f"{where}: field {field.name!r}: label holds NaN, inf or non-numbers")
 
 
+def fit_element_shifts(model: TensorModel, samples: Sequence[Sample], targets: Iterable[str]) -> dict[str, dict[int, float]]:
+    """Per-element reference values of extensive or atom-level scalar targets (energies) by
+    least squares of the labels on the element counts, ``{field: {Z: value}}``."""
+    result: dict[str, dict[int, float]] = {}
+    for name in targets:
+        if not model.scaling[name].supports_element_shift:
+            continue
+        elements = sorted({int(z) for s in samples for z in s.numbers})
+        column = {z: c for c, z in enumerate(elements)}
+        if model.fields[name].level == "atom":
+            rows = np.concatenate([s.numbers for s in samples])
+            design = np.zeros((rows.shape[0], len(elements)))
+            design[np.arange(rows.shape[0]), [column[int(z)] for z in rows]] = 1.0
+            labels = np.concatenate([np.asarray(s.targets[name], dtype=np.float64).reshape(-1) for s in samples])
+        else:
+            design = np.zeros((len(samples), len(elements)))
+            for row, sample in enumerate(samples):  # one row per structure: element counts
+                np.add.at(design[row], [column[int(z)] for z in sample.numbers], 1.0)
+            labels = np.array([float(s.targets[name]) for s in samples])
+        solution, *_ = np.linalg.lstsq(design, labels, rcond=None)
+        result[name] = {z: float(v) for z, v in zip(elements, solution, strict=True)}
+    return result
+
+
 def fit_normalization(model: TensorModel, samples: Sequence[Sample], targets: Iterable[str], shift: bool = True) -> dict[str, tuple[float, float]]:
     """``{field: (scale, shift)}`` from the training structures, so that the heads learn O(1) numbers.
 
@@ -209,6 +233,10 @@ def fit_normalization(model: TensorModel, samples: Sequence[Sample], targets: It
         atom_counts = np.array([s.num_atoms for s in samples], dtype=np.float64)
         values = np.concatenate if field.level == "atom" else np.stack
         labels = values([np.asarray(s.targets[name], dtype=np.float64) for s in samples])
+        if scaling.supports_element_shift:  # subtract the reference values already set per element
+            reference = scaling.element_shift.detach().cpu().double().numpy()
+            per_atom = [reference[s.numbers] for s in samples]
+            labels = labels - (np.concatenate(per_atom) if field.level == "atom" else np.array([p.sum() for p in per_atom]))
         flat = labels.reshape(labels.shape[0], -1)
         unit = np.eye(3).reshape(-1) if field.rank == 2 else np.ones(1)
         extensive = field.level == "structure" and field.reduce == "sum"

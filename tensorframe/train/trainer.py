@@ -38,6 +38,7 @@ from tensorframe.train.data import (
     Dataset,
     check_targets_predicted,
     collate_targets,
+    fit_element_shifts,
     fit_normalization,
     load_dataset,
     split_indices,
@@ -159,6 +160,9 @@ class Trainer:
                                     f"or choose another output_dir")
             if config.normalize.enabled:
                 train_samples = [self.dataset.samples[i] for i in self.split["train"]]
+                if config.normalize.shift:
+                    for name, shifts in fit_element_shifts(self.model, train_samples, self.targets).items():
+                        self.model.scaling[name].set_element_shift(shifts)
                 for name, (scale, shift) in fit_normalization(self.model, train_samples, self.targets,
                                                               config.normalize.shift).items():
                     self.model.scaling[name].set(scale, shift)
