@@ -31,12 +31,14 @@ from benchmarks.peers.train_loop import (
     TrainSettings,
     inference_throughput,
     label_normalization,
+    label_shim,
     train_peer,
 )
 from tensorframe.evaluate import collect_pairs
 from tensorframe.fields import FieldSpec
 from tensorframe.graph import build_graph, neighbor_list
 from tensorframe.registry import get_registry
+from tensorframe.train.data import fit_element_shifts
 from tensorframe.train.state import seed_everything
 from tensorframe.types import Graph, Sample
 
@@ -128,11 +130,17 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
     seed_everything(seed)
     model = build_peer(fields, samples, split["train"], task.cutoff, asr).to(device)
     train_samples = [samples[i] for i in split["train"]]
-    for name, (scale, shift) in label_normalization(train_samples, fields, list(fields), asr).items():
+    # Reference energies per element (E0s), fitted exactly as tensorframe's trainer fits them.
+    element_shifts = fit_element_shifts(label_shim(fields, list(fields)), train_samples, list(fields))
+    for name, shifts in element_shifts.items():
+        model.scaling[name].set_element_shift(shifts)
+    for name, (scale, shift) in label_normalization(train_samples, fields, list(fields), asr,
+                                                    element_shifts=element_shifts).items():
         model.scaling[name].set(scale, shift)
     # The loss scales are tensorframe's for this task's heads (RMS of eps - I for a positive-definite dielectric).
     loss_scales = {name: scale for name, (scale, _) in
-                   label_normalization(train_samples, fields, list(fields), asr, keep_identity=keep_identity).items()}
+                   label_normalization(train_samples, fields, list(fields), asr, keep_identity=keep_identity,
+                                       element_shifts=element_shifts).items()}
     make_graph = make_graph_fn(task.cutoff, torch.float32, device, max_neighbors)
 
     outcome: dict[str, Any] = {}

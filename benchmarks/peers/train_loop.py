@@ -78,16 +78,26 @@ class TrainOutcome:
 
 def label_normalization(samples: Sequence[Sample], fields: Mapping[str, FieldSpec], targets: Sequence[str],
                         subtract_structure_mean: Sequence[str] = (), shift: bool = True,
-                        keep_identity: Sequence[str] = ()) -> dict[str, tuple[float, float]]:
+                        keep_identity: Sequence[str] = (),
+                        element_shifts: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, tuple[float, float]]:
     """``{field: (scale, shift)}`` from the training structures, exactly as tensorframe fits them
     (:func:`tensorframe.train.data.fit_normalization`); ``keep_identity`` names the fields whose
-    tensorframe head adds the identity (positive-definite dielectric: scale = RMS of eps - I)."""
-    shim = SimpleNamespace(
+    tensorframe head adds the identity (positive-definite dielectric: scale = RMS of eps - I);
+    ``element_shifts`` are reference values per element already taken out (energies' E0s)."""
+    shim = label_shim(fields, targets, subtract_structure_mean, keep_identity)
+    for name, shifts in (element_shifts or {}).items():
+        shim.scaling[name].set_element_shift(dict(shifts))
+    return fit_normalization(shim, samples, targets, shift)  # type: ignore[arg-type]
+
+
+def label_shim(fields: Mapping[str, FieldSpec], targets: Sequence[str], subtract_structure_mean: Sequence[str] = (),
+               keep_identity: Sequence[str] = ()) -> SimpleNamespace:
+    """The attributes of a TensorModel that tensorframe's normalisation fits read."""
+    return SimpleNamespace(
         fields=dict(fields),
         scaling={name: FieldScaling(fields[name], keep_identity=name in keep_identity) for name in targets},
         heads={name: SimpleNamespace(subtract_structure_mean=name in subtract_structure_mean) for name in targets},
     )
-    return fit_normalization(shim, samples, targets, shift)  # type: ignore[arg-type]
 
 
 class GraphPredictor:
