@@ -29,7 +29,7 @@ BUILTINS = {
     "field": {"energy", "forces", "dipole", "born_charges", "dielectric", "polarizability", "piezo",
               "hyperpolarizability", "piezo_strain", "elastic", "virial", "atomic_dipole",
               "atomic_polarizability", "nmr_shielding"},
-    "reader": {"ase", "asedb", "deepmd", "etgnn", "vasp"},
+    "reader": {"ase", "asedb", "deepmd", "etgnn", "matten-nmr", "vasp"},
 }
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("tensorframe_"))
 

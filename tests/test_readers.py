@@ -624,5 +624,5 @@ def test_read_structures_dispatch(tmp_path):
     assert len(read_structures(DATASETS / "deepmd-dplr-water")) == 30
     with pytest.raises(ValueError, match=r"neither a DeePMD system \(type.raw\) nor an ETGNN folder"):
         read_structures(tmp_path)
-    with pytest.raises(LookupError, match=r"unknown reader 'npy'; valid choices: ase, asedb, deepmd, etgnn, vasp"):
+    with pytest.raises(LookupError, match=r"unknown reader 'npy'; valid choices: ase, asedb, deepmd, etgnn, matten-nmr, vasp"):
         read_structures(tmp_path, format="npy")
