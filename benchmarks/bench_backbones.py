@@ -456,6 +456,8 @@ def _rss_mb() -> float | None:
 
 
 def _max_rss_mb() -> float:
+    """``ru_maxrss`` now. Resetting VmHWM (``clear_refs``) resets it too: this is the high-water
+    mark since the start of the last measurement, not of the whole worker."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

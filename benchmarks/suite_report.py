@@ -80,7 +80,8 @@ def task_section(name: str, task: dict[str, Any]) -> str:
             if r.get("inference_structures_per_s"):
                 speed = _g(best["inference_structures_per_s"] / r["inference_structures_per_s"], 2)
         table.append([r["name"], *[_g(f.get(k, {}).get("mae")) for k in fields],
-                      *[_g(f.get(k, {}).get("rmse")) for k in fields], _g(r.get("epochs")),
+                      *[_g(f.get(k, {}).get("rmse")) for k in fields],
+                      _g(r.get("epochs")) + (" †" if str(r.get("evaluated_checkpoint", "")).startswith("last") else ""),
                       _g(train_throughput(r, sizes["train"])), _g(r.get("inference_structures_per_s")),
                       _g(r.get("inference_atoms_per_s")),
                       _g(r.get("train_peak_memory_mib", r.get("peak_memory_mib"))), _g(r.get("num_parameters")),
@@ -90,6 +91,9 @@ def task_section(name: str, task: dict[str, Any]) -> str:
                       next((r["fields"] for r in task.get("backbones", {}).values() if "fields" in r), {}).items())
     if units:
         lines += [f"Units: {units}.", ""]
+    if any(str(r.get("evaluated_checkpoint", "")).startswith("last") for r in task.get("backbones", {}).values()):
+        lines += ["† no epoch finished within the time budget: the model was evaluated as it stood when time ran "
+                  "out (last.pt), without a validation-selected checkpoint.", ""]
     if notes:
         lines += ["Not run:", *notes, ""]
     b = task.get("bar", {})
