@@ -153,11 +153,14 @@ def etgnn_trunk(backbone: nn.Module, graph: Graph) -> InvariantFeatures:
 
     Shapes: -> InvariantFeatures(node (N, hidden), edge (E, hidden), triplet None)
     """
+    from tensorframe_etgnn.ops import triplet_edges
+
     rbf = backbone.rbf(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)
     sbf = backbone.sbf(graph.edge_len, graph.triplet_cos, graph.idx_kj, graph.triplet_envelope)
     messages, _, _ = backbone.edge_embedding(graph.numbers, rbf, graph.idx_i, graph.idx_j)
+    edges, kj, ji = triplet_edges(graph.idx_kj, graph.idx_ji, graph.edge_len.shape[0])
     for block in backbone.blocks:
-        messages = block.edge(messages, rbf, block.angular(sbf), graph.idx_kj, graph.idx_ji)
+        messages = block.edge(messages, rbf, block.angular(sbf), edges, kj, ji)
     node = backbone.output(messages, rbf, graph.idx_i, graph.num_nodes)
     return InvariantFeatures(node=node, edge=messages, triplet=None)
 

@@ -68,7 +68,7 @@ class EdgeEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         atoms = self.element(numbers)
         radial = self.act(self.radial(rbf))
-        messages = self.act(self.mix(torch.cat([atoms[idx_i], atoms[idx_j], radial], dim=-1)))
+        messages = self.act(self.mix(torch.cat([atoms.index_select(0, idx_i), atoms.index_select(0, idx_j), radial], dim=-1)))
         return messages, atoms, radial
 
 
@@ -81,7 +81,7 @@ class TripletEmbedding(nn.Module):
 
     Shapes:
         atoms (N, hidden), radial (E, hidden), sbf (T, num_sbf), idx_i/idx_j (E,),
-        idx_kj/idx_ji (T,) -> (T, triplet_dim)
+        edges (S,) the edges in triplets, kj/ji (T,) indices into ``edges`` -> (T, triplet_dim)
     """
 
     def __init__(self, hidden: int, num_sbf: int, triplet_dim: int, activation: str) -> None:
@@ -100,13 +100,18 @@ class TripletEmbedding(nn.Module):
         sbf: torch.Tensor,
         idx_i: torch.Tensor,
         idx_j: torch.Tensor,
-        idx_kj: torch.Tensor,
-        idx_ji: torch.Tensor,
+        edges: torch.Tensor,
+        kj: torch.Tensor,
+        ji: torch.Tensor,
     ) -> torch.Tensor:
         # Edge e = b -> a: as kj its neighbour b is k; as ji its neighbour b is j and its centre a is i.
-        as_kj = self.atom_k(atoms)[idx_j]
-        as_ji = self.atom_j(atoms)[idx_j] + self.atom_i(atoms)[idx_i] + self.radial(radial)
-        return self.act(self.angular(sbf) + as_kj[idx_kj] + as_ji[idx_ji])
+        # Only the edges in triplets (``edges``) are needed; kj/ji index into them.
+        centre, neighbour = idx_i.index_select(0, edges), idx_j.index_select(0, edges)
+        as_kj = self.atom_k(atoms).index_select(0, neighbour)
+        as_ji = (self.atom_j(atoms).index_select(0, neighbour) + self.atom_i(atoms).index_select(0, centre)
+                 + self.radial(radial.index_select(0, edges)))
+        gathered = as_kj.index_select(0, kj) + as_ji.index_select(0, ji)
+        return self.act(torch.addmm(gathered, sbf, self.angular.weight.t()))
 
 
 class EdgeUpdate(nn.Module):
@@ -118,7 +123,7 @@ class EdgeUpdate(nn.Module):
 
     Shapes:
         messages (E, hidden), rbf (E, num_radial), angular_filter (T, int_emb_size),
-        idx_kj/idx_ji (T,) -> (E, hidden)
+        edges (S,) the edges in triplets, kj/ji (T,) indices into ``edges`` -> (E, hidden)
     """
 
     def __init__(
@@ -141,13 +146,17 @@ class EdgeUpdate(nn.Module):
         messages: torch.Tensor,
         rbf: torch.Tensor,
         angular_filter: torch.Tensor,
-        idx_kj: torch.Tensor,
-        idx_ji: torch.Tensor,
+        edges: torch.Tensor,
+        kj: torch.Tensor,
+        ji: torch.Tensor,
     ) -> torch.Tensor:
         x_ji = self.act(self.lin_ji(messages))
-        x_kj = self.act(self.down(self.act(self.lin_kj(messages)) * self.radial(rbf)))
-        gathered = scatter_sum(gather_mul(x_kj, idx_kj, angular_filter), idx_ji, messages.shape[0])
-        h = x_ji + self.up(gathered)
+        # Edges outside triplets neither send nor receive (up has no bias: up(0) = 0), so the
+        # triplet path runs on ``edges`` only.
+        short = messages.index_select(0, edges)
+        x_kj = self.act(self.down(self.act(self.lin_kj(short)) * self.radial(rbf.index_select(0, edges))))
+        gathered = scatter_sum(gather_mul(x_kj, kj, angular_filter), ji, edges.shape[0])
+        h = x_ji.index_add(0, edges, self.up(gathered))
         for layer in self.before_skip:
             h = layer(h)
         h = self.act(self.lin(h)) + messages
@@ -165,7 +174,8 @@ class TripletUpdate(nn.Module):
 
     Shapes:
         triplets (T, triplet_dim), messages (E, hidden), rbf (E, num_radial),
-        angular_filter (T, int_emb_size), idx_kj/idx_ji (T,) -> (T, triplet_dim)
+        angular_filter (T, int_emb_size), edges (S,) the edges in triplets,
+        kj/ji (T,) indices into ``edges`` -> (T, triplet_dim)
     """
 
     def __init__(
@@ -187,15 +197,18 @@ class TripletUpdate(nn.Module):
         messages: torch.Tensor,
         rbf: torch.Tensor,
         angular_filter: torch.Tensor,
-        idx_kj: torch.Tensor,
-        idx_ji: torch.Tensor,
+        edges: torch.Tensor,
+        kj: torch.Tensor,
+        ji: torch.Tensor,
     ) -> torch.Tensor:
-        x_kj = self.act(self.from_kj(messages))
-        x_ji = self.from_ji(messages) * self.radial(rbf)
-        g = self.act(gather_mul(x_kj, idx_kj, angular_filter) + x_ji[idx_ji] + self.from_triplet(triplets))
+        short = messages.index_select(0, edges)
+        x_kj = self.act(self.from_kj(short))
+        x_ji = self.from_ji(short) * self.radial(rbf.index_select(0, edges))
+        g = gather_mul(x_kj, kj, angular_filter) + x_ji.index_select(0, ji)
+        g = self.act(torch.addmm(g, triplets, self.from_triplet.weight.t()))
         for layer in self.residual:
             g = layer(g)
-        return triplets + self.up(g)
+        return torch.addmm(triplets, g, self.up.weight.t())
 
 
 class InteractionBlock(nn.Module):
@@ -204,7 +217,8 @@ class InteractionBlock(nn.Module):
 
     Shapes:
         messages (E, hidden), triplets (T, triplet_dim), rbf (E, num_radial),
-        sbf (T, num_sbf), idx_kj/idx_ji (T,) -> messages (E, hidden), triplets (T, triplet_dim)
+        sbf (T, num_sbf), edges (S,) the edges in triplets, kj/ji (T,) indices into ``edges``
+        -> messages (E, hidden), triplets (T, triplet_dim)
     """
 
     def __init__(
@@ -226,12 +240,13 @@ class InteractionBlock(nn.Module):
         triplets: torch.Tensor,
         rbf: torch.Tensor,
         sbf: torch.Tensor,
-        idx_kj: torch.Tensor,
-        idx_ji: torch.Tensor,
+        edges: torch.Tensor,
+        kj: torch.Tensor,
+        ji: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         angular_filter = self.angular(sbf)
-        messages = self.edge(messages, rbf, angular_filter, idx_kj, idx_ji)
-        triplets = self.triplet(triplets, messages, rbf, angular_filter, idx_kj, idx_ji)
+        messages = self.edge(messages, rbf, angular_filter, edges, kj, ji)
+        triplets = self.triplet(triplets, messages, rbf, angular_filter, edges, kj, ji)
         return messages, triplets
 
 

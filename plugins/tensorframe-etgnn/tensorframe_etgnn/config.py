@@ -15,10 +15,18 @@ class ETGNNConfig(PluginConfig):
 
     Outputs: node (N, hidden), edge (E, hidden) = the final message m_ji, triplet
     (T, triplet_dim) = the final triplet message m_kji.
+
+    ``triplet_dim`` defaults to 64, half of ``hidden``: triplets outnumber edges about five to
+    one, so this halves the triplet-sized matmuls and stored activations (set 128 for the
+    former default, where triplet and edge messages had equal width).
     """
 
     hidden: PositiveInt = Field(128, description="width of the edge messages m_ji and of the node features")
-    triplet_dim: PositiveInt = Field(128, description="width of the triplet messages m_kji")
+    triplet_dim: PositiveInt = Field(
+        64,
+        description="width of the triplet messages m_kji; smaller than the edge width by default "
+        "(there are ~5x more triplets than edges): halves the triplet-sized matmuls and stored activations",
+    )
     num_blocks: PositiveInt = Field(4, description="edge + triplet update blocks")
     num_radial: PositiveInt = Field(8, description="Bessel functions of the edge length")
     num_spherical: PositiveInt = Field(7, description="orders l of the triplet basis (angular resolution)")

@@ -29,6 +29,7 @@ from tensorframe.types import Graph, InvariantFeatures
 from tensorframe_etgnn.basis import SphericalBasis
 from tensorframe_etgnn.blocks import EdgeEmbedding, InteractionBlock, NodeOutput, TripletEmbedding
 from tensorframe_etgnn.config import ETGNNConfig
+from tensorframe_etgnn.ops import triplet_edges
 
 
 class ETGNN(Backbone):
@@ -70,13 +71,14 @@ class ETGNN(Backbone):
         rbf = self.rbf(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)
         sbf = self.sbf(graph.edge_len, graph.triplet_cos, idx_kj, graph.triplet_envelope)
         messages, atoms, radial = self.edge_embedding(graph.numbers, rbf, graph.idx_i, graph.idx_j)
-        triplets = self.triplet_embedding(atoms, radial, sbf, graph.idx_i, graph.idx_j, idx_kj, idx_ji)
+        edges, kj, ji = triplet_edges(idx_kj, idx_ji, graph.edge_len.shape[0])
+        triplets = self.triplet_embedding(atoms, radial, sbf, graph.idx_i, graph.idx_j, edges, kj, ji)
         recompute = self.config.checkpoint and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:
-                messages, triplets = checkpoint(block, messages, triplets, rbf, sbf, idx_kj, idx_ji, use_reentrant=False)
+                messages, triplets = checkpoint(block, messages, triplets, rbf, sbf, edges, kj, ji, use_reentrant=False)
             else:
-                messages, triplets = block(messages, triplets, rbf, sbf, idx_kj, idx_ji)
+                messages, triplets = block(messages, triplets, rbf, sbf, edges, kj, ji)
         node = self.output(messages, rbf, graph.idx_i, graph.num_nodes)
         return InvariantFeatures(node=node, edge=messages, triplet=triplets)
 
