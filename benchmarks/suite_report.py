@@ -27,6 +27,10 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
                        for r in results]
     for r in results:
         merged["tasks"].update(r["tasks"])
+    from benchmarks.tasks import TASKS
+
+    order = {name: i for i, name in enumerate(TASKS)}
+    merged["tasks"] = dict(sorted(merged["tasks"].items(), key=lambda item: order.get(item[0], len(order))))
     return merged
 
 
@@ -90,7 +94,7 @@ def task_section(name: str, task: dict[str, Any]) -> str:
     units = ", ".join(f"{k} in {v['units'] or '(as stored)'}" for k, v in
                       next((r["fields"] for r in task.get("backbones", {}).values() if "fields" in r), {}).items())
     if units:
-        lines += [f"Units: {units}.", ""]
+        lines += [f"Units: {units}" + ("" if units.endswith(".") else "."), ""]
     if any(str(r.get("evaluated_checkpoint", "")).startswith("last") for r in task.get("backbones", {}).values()):
         lines += ["† no epoch finished within the time budget: the model was evaluated as it stood when time ran "
                   "out (last.pt), without a validation-selected checkpoint.", ""]
