@@ -137,8 +137,10 @@ def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None 
             heads.append(head_spec.build(options, lift_dims))
         except (ValueError, PluginError) as error:
             raise ConfigError(f"heads[{index}]: {error}") from None
+    needs_triplets = any(head.needs_triplets for head in heads)
+    backbone.prune_outputs(triplet=needs_triplets)
     lifting = None
-    if dims.triplet is None and any(head.needs_triplets for head in heads):
+    if dims.triplet is None and needs_triplets:
         lift = config.lifting
         lifting = TripletLifting(dims.edge, out_dim=lift.out_dim, hidden=lift.hidden, num_angular=lift.num_angular)
     return TensorModel(config, backbone, heads, lifting)

@@ -22,5 +22,11 @@ class Backbone(nn.Module):
 
     feature_dims: FeatureDims
 
+    def prune_outputs(self, *, triplet: bool) -> None:
+        """Called by :func:`tensorframe.model.build_model` with whether any head reads triplet
+        features. A backbone may then skip the work whose only consumer is ``features.triplet``
+        and return ``triplet=None`` (pruned outputs are exact: nothing downstream reads them).
+        The default computes every output."""
+
     def forward(self, graph: Graph) -> InvariantFeatures:  # pragma: no cover
         raise NotImplementedError

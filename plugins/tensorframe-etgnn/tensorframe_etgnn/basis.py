@@ -153,5 +153,5 @@ class SphericalBasis(nn.Module):
     ) -> torch.Tensor:
         angular = legendre_basis(triplet_cos, self.num_spherical) * self._harmonic.to(triplet_cos)  # (T, L)
         angular = angular * triplet_envelope.unsqueeze(-1)
-        radial = self.radial(edge_len)[idx_kj]  # (T, L, N)
+        radial = self.radial(edge_len).index_select(0, idx_kj)  # (T, L, N)
         return (radial * angular.unsqueeze(-1)).flatten(1)

@@ -237,16 +237,18 @@ class InteractionBlock(nn.Module):
     def forward(
         self,
         messages: torch.Tensor,
-        triplets: torch.Tensor,
+        triplets: torch.Tensor | None,
         rbf: torch.Tensor,
         sbf: torch.Tensor,
         edges: torch.Tensor,
         kj: torch.Tensor,
         ji: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``triplets=None`` (no head reads them) skips the triplet update."""
         angular_filter = self.angular(sbf)
         messages = self.edge(messages, rbf, angular_filter, edges, kj, ji)
-        triplets = self.triplet(triplets, messages, rbf, angular_filter, edges, kj, ji)
+        if triplets is not None:
+            triplets = self.triplet(triplets, messages, rbf, angular_filter, edges, kj, ji)
         return messages, triplets
 
 

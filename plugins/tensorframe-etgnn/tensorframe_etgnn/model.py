@@ -40,7 +40,8 @@ class ETGNN(Backbone):
 
     Shapes:
         forward(graph) -> InvariantFeatures(node (N, hidden), edge (E, hidden),
-                                            triplet (T, triplet_dim))
+                                            triplet (T, triplet_dim), or None after
+                                            ``prune_outputs(triplet=False)``)
     """
 
     def __init__(self, config: ETGNNConfig, settings: GraphSettings) -> None:
@@ -61,18 +62,27 @@ class ETGNN(Backbone):
         )
         self.output = NodeOutput(c.num_radial, c.hidden, c.out_emb_size, c.num_output_layers, c.activation)
         self.feature_dims = FeatureDims(node=c.hidden, edge=c.hidden, triplet=c.triplet_dim)
+        self.triplet_output = True
+
+    def prune_outputs(self, *, triplet: bool) -> None:
+        """Without a head that reads triplet features, skip the triplet messages altogether:
+        edge messages never read them (they are a side chain of the edge updates), so the
+        node and edge features are unchanged and ``triplet`` is None."""
+        self.triplet_output = bool(triplet)
 
     def forward(self, graph: Graph) -> InvariantFeatures:
         if graph.numbers.numel() and int(graph.numbers.max()) > self.config.max_z:
             raise ValueError(
                 f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = {self.config.max_z}"
             )
-        idx_kj, idx_ji = graph.idx_kj, graph.idx_ji
         rbf = self.rbf(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)
-        sbf = self.sbf(graph.edge_len, graph.triplet_cos, idx_kj, graph.triplet_envelope)
+        edges, kj, ji = triplet_edges(graph.idx_kj, graph.idx_ji, graph.edge_len.shape[0])
+        # The radial part of the triplet basis only on the edges inside triplets (kj indexes them).
+        sbf = self.sbf(graph.edge_len.index_select(0, edges), graph.triplet_cos, kj, graph.triplet_envelope)
         messages, atoms, radial = self.edge_embedding(graph.numbers, rbf, graph.idx_i, graph.idx_j)
-        edges, kj, ji = triplet_edges(idx_kj, idx_ji, graph.edge_len.shape[0])
-        triplets = self.triplet_embedding(atoms, radial, sbf, graph.idx_i, graph.idx_j, edges, kj, ji)
+        triplets = None
+        if self.triplet_output:
+            triplets = self.triplet_embedding(atoms, radial, sbf, graph.idx_i, graph.idx_j, edges, kj, ji)
         recompute = self.config.checkpoint and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:

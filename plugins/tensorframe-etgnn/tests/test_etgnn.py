@@ -415,3 +415,30 @@ def test_spherical_basis_vanishes_at_triplet_cutoff_and_has_finite_gradients():
     sbf = basis(length, cos, torch.arange(3), torch.ones(3, dtype=torch.float64))
     sbf.square().sum().backward()
     assert bool(torch.isfinite(length.grad).all()) and bool(torch.isfinite(cos.grad).all())
+
+
+def test_triplet_messages_are_skipped_exactly_when_no_head_reads_them():
+    """A model whose heads read no triplet features prunes ETGNN's triplet chain: the outputs
+    (and gradients) are those of the full backbone, and no triplet features are made."""
+    edge_only = [{"name": "force"}, {"name": "scalar", "field": "energy"}]
+    pruned = small_model(edge_only).train()
+    assert pruned.backbone.triplet_output is False
+    full = copy.deepcopy(pruned)
+    full.backbone.triplet_output = True
+    graph = pruned.make_graph([triclinic_crystal(), molecule()])
+    assert pruned.features(graph).triplet is None
+    assert full.features(graph).triplet.shape == (graph.num_triplets, SMALL["triplet_dim"])
+    grads = []
+    for m in (pruned, full):
+        outputs = m(graph)
+        (outputs["forces"].square().sum() + outputs["energy"].square().sum()).backward()
+        grads.append({name: p.grad for name, p in m.named_parameters() if p.grad is not None})
+        if m is pruned:
+            pruned_outputs = outputs
+    for name, value in outputs.items():
+        torch.testing.assert_close(pruned_outputs[name], value, rtol=0, atol=0, msg=name)
+    # The full backbone's triplet chain gets no gradient from these heads; everything else matches.
+    assert grads[0].keys() <= grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=0, atol=0, msg=name)
+    assert small_model(NAMED_HEADS).backbone.triplet_output is True
