@@ -1,5 +1,7 @@
-"""``python -m benchmarks run --tasks ... --backbones ... --peers ... [--reduced] [--out DIR] [--docs/--no-docs]``
-and ``python -m benchmarks docs --inputs A.json B.json [--json OUT.json]`` (merge parallel runs, rewrite the docs)."""
+"""``python -m benchmarks run --tasks ... --backbones ... --peers ... [--reduced] [--out DIR] [--docs/--no-docs]``,
+``python -m benchmarks speed [--tasks ...] [--backbones ...] [--peers ...]`` (inference of every model side by
+side in one process, on a quiet machine) and ``python -m benchmarks docs --inputs A.json B.json [--json OUT.json]``
+(merge parallel runs, rewrite the docs with the speed pass's numbers where it has them)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, write_json
 from benchmarks.peers import available_peers
+from benchmarks.speed import run_speed
 from benchmarks.suite import BACKBONES, RUNS_DIR, run_suite
-from benchmarks.suite_report import merge, write_docs
+from benchmarks.suite_report import load_speed, merge, write_docs
 from benchmarks.tasks import TASKS
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
+SPEED_JSON = RESULTS / "speed.json"
 PLOTS = REPO_ROOT / "docs" / "benchmarks"
 
 
@@ -45,6 +49,14 @@ def parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("docs", help="merge suite JSONs and rewrite the docs section")
     docs.add_argument("--inputs", nargs="+", type=Path, required=True)
     docs.add_argument("--json", type=Path, default=RESULTS / "suite.json")
+    docs.add_argument("--speed", type=Path, default=SPEED_JSON, help="side-by-side speed JSON (used if it exists)")
+    speed = sub.add_parser("speed", help="inference of every backbone and peer side by side on each task's test split")
+    speed.add_argument("--tasks", nargs="*", help="task names or 'all'")
+    speed.add_argument("--backbones", nargs="*", help="backbone names or 'all'")
+    speed.add_argument("--peers", nargs="*", help="peer names, 'all' or 'none'")
+    speed.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (median reported)")
+    speed.add_argument("--json", type=Path, default=SPEED_JSON)
+    speed.add_argument("--reduced", action="store_true", help="time the reduced-mode subsets (smoke test)")
     return p
 
 
@@ -53,8 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "docs":
         result = merge([json.loads(p.read_text()) for p in args.inputs])
         write_json(args.json.resolve(), result)
-        write_docs(result, args.json.resolve())
+        write_docs(result, args.json.resolve(), speed=load_speed(args.speed, result["backbone_configs"]))
         print(f"wrote {args.json} and the suite section of docs/benchmarks.md")
+        return 0
+    if args.command == "speed":
+        backbones = {name: BACKBONES[name] for name in _names(args.backbones, list(BACKBONES), "backbone")}
+        run_speed(_names(args.tasks, list(TASKS), "task"), backbones, _names(args.peers, available_peers(), "peer"),
+                  args.repeats, args.json.resolve(), reduced=args.reduced)
+        print(f"wrote {args.json}; rewrite the docs with `python -m benchmarks docs --inputs ...`")
         return 0
     tasks = _names(args.tasks, list(TASKS), "task")
     backbones = _names(args.backbones, list(BACKBONES), "backbone")
@@ -65,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = out / "runs" if args.out is not None else (RUNS_DIR / "reduced" if args.reduced else RUNS_DIR)
     result = run_suite(tasks, backbones, peers, args.reduced, json_path, runs_dir, PLOTS if docs else None)
     if docs:
-        write_docs(result, json_path)
+        write_docs(result, json_path, speed=None if args.reduced else load_speed(SPEED_JSON, result["backbone_configs"]))
     print(f"wrote {json_path}" + (" and the suite section of docs/benchmarks.md" if docs else ""))
     return 0
 

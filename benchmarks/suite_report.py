@@ -47,6 +47,42 @@ def train_throughput(record: dict[str, Any], n_train: int) -> float | None:
     return (epochs * n_train + max(0, steps - epochs * per_epoch) * batch) / seconds
 
 
+def load_speed(path: Path, backbone_configs: dict[str, Any]) -> dict[str, Any] | None:
+    """The side-by-side speed JSON (:mod:`benchmarks.speed`) when it exists and timed the same
+    backbone configurations as the suite; otherwise None (the training-run timings are shown)."""
+    if not path.exists():
+        return None
+    speed = json.loads(path.read_text())
+    same = all(speed.get("backbone_configs", {}).get(name) == config for name, config in backbone_configs.items())
+    return speed if same else None
+
+
+def with_speed(name: str, task: dict[str, Any], speed: dict[str, Any] | None) -> dict[str, Any]:
+    """``task`` with the inference columns and bar 2 taken from the speed pass where it timed the task."""
+    from benchmarks.speed import speeds_for
+    from benchmarks.suite import bar
+    from benchmarks.tasks import TASKS
+
+    speeds = speeds_for(speed, name)
+    if not speeds or "skipped" in task:
+        return task
+    models = speed["tasks"][name]["models"]
+    out = dict(task)
+    for group in ("backbones", "peers"):
+        out[group] = {}
+        for model, record in task.get(group, {}).items():
+            record = dict(record)
+            if model in speeds:
+                record["inference_structures_per_s"] = models[model]["structures_per_s"]
+                record["inference_atoms_per_s"] = models[model]["atoms_per_s"]
+            elif "fields" in record:
+                record["inference_structures_per_s"] = record["inference_atoms_per_s"] = None
+            out[group][model] = record
+    if name in TASKS:
+        out["bar"] = bar(TASKS[name], out, speeds)
+    return out
+
+
 def task_section(name: str, task: dict[str, Any]) -> str:
     lines = [f"### {name}", "", task["description"], "", f"Caveats: {task['caveats']}", ""]
     lines.append(f"Data: `../shared/datasets/{task['dataset']}` (see its PROVENANCE.md)" if task["dataset"] != "embedded"
@@ -82,7 +118,8 @@ def task_section(name: str, task: dict[str, Any]) -> str:
             ratio = ", ".join(f"{_g(f[k]['mae'] / best['fields'][k]['mae'], 2)}" for k in fields
                               if k in f and best["fields"][k]["mae"] > 0)
             if r.get("inference_structures_per_s"):
-                speed = _g(best["inference_structures_per_s"] / r["inference_structures_per_s"], 2)
+                if best.get("inference_structures_per_s"):
+                    speed = _g(best["inference_structures_per_s"] / r["inference_structures_per_s"], 2)
         table.append([r["name"], *[_g(f.get(k, {}).get("mae")) for k in fields],
                       *[_g(f.get(k, {}).get("rmse")) for k in fields],
                       _g(r.get("epochs")) + (" †" if str(r.get("evaluated_checkpoint", "")).startswith("last") else ""),
@@ -111,8 +148,17 @@ def task_section(name: str, task: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def section(result: dict[str, Any], json_name: str) -> str:
+def section(result: dict[str, Any], json_name: str, speed: dict[str, Any] | None = None) -> str:
     env = result["environment"]
+    tasks = {name: with_speed(name, task, speed) for name, task in result["tasks"].items()}
+    if speed:
+        senv = speed["environment"]
+        inference = (f"measured side by side by `python -m benchmarks speed` on {senv.get('date')} (commit "
+                     f"{senv.get('git_commit')}), {senv.get('cpu')}, OMP_NUM_THREADS={senv.get('OMP_NUM_THREADS')}: "
+                     f"{speed['protocol']}; {speed['repeats']} rounds. Raw numbers: `benchmarks/results/speed.json`. "
+                     "MACE is timed by its own runner in a subprocess (its own venv) right after")
+    else:
+        inference = result["inference"] + " (during the suite's training runs, which may share the CPU)"
     lines = [
         "## Suite: every backbone and peer on the shared tensor tasks", "",
         f"Written by `python -m benchmarks run` ({result['mode']} mode) on {env.get('date')} "
@@ -123,27 +169,27 @@ def section(result: dict[str, Any], json_name: str) -> str:
         "- Backbone sizes: " + "; ".join(f"{k}: {json.dumps(v)}" for k, v in result["backbone_configs"].items()) + ".",
         "- Test errors: MAE and RMSE over every Cartesian component of every test row (atoms or structures). "
         "Best backbone = lowest mean over fields of MAE / mean |label|.",
-        f"- Inference: {result['inference']}. Training throughput: {result['training_throughput']}.",
+        f"- Inference: {inference}. Training throughput: {result['training_throughput']}.",
         f"- Memory: {result['memory_method']} (training: whole training call).",
         "- Ratio columns (peers): MAE ratio = peer MAE / best backbone MAE per field (> 1: tensorframe more "
         "accurate); speed ratio = best backbone inference structures/s / peer's (> 1: tensorframe faster). "
         "Comparable accuracy for bar 2: ETGNN's relative error at most 10 % above the e3nn peer's.", "",
     ]
     summary = []
-    for name, task in result["tasks"].items():
+    for name, task in tasks.items():
         b = task.get("bar", {})
         summary.append([name, task.get("best_backbone") or task.get("skipped", "–"),
                         b.get("accuracy", {}).get("text", "–"), b.get("speed", {}).get("text", "–")])
     lines += [markdown_table(["task", "best backbone", "bar 1 (accuracy vs best peer)", "bar 2 (ETGNN vs e3nn speed)"],
                              summary), ""]
-    for name, task in result["tasks"].items():
+    for name, task in tasks.items():
         lines.append(task_section(name, task))
     return "\n".join(lines)
 
 
-def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS) -> None:
+def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS, speed: dict[str, Any] | None = None) -> None:
     rel = json_path.relative_to(REPO_ROOT) if json_path.resolve().is_relative_to(REPO_ROOT) else json_path
-    replace_section(docs, "suite", section(result, str(rel)))
+    replace_section(docs, "suite", section(result, str(rel), speed))
 
 
-__all__ = ["merge", "section", "write_docs"]
+__all__ = ["load_speed", "merge", "section", "with_speed", "write_docs"]

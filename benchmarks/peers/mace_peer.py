@@ -8,6 +8,9 @@ mace-torch pins e3nn 0.4.4 and tensorframe needs e3nn 0.6, so MACE lives in
     -> ``<mace venv>/bin/python mace_runner.py run.json`` (one run per MACE model)
     -> predictions (npz) + timings (json) -> MAE/RMSE with tensorframe.evaluate.metrics
 
+:func:`time_peer` is the same path in the runner's ``time`` mode: the same models (same
+sizes, z_table, avg_num_neighbors, seed), untrained, timed on the test split only.
+
 Which MACE model learns which field (all MACE's own classes; see mace_runner.py):
 
     energy, forces           ScaleShiftMACE (forces = -dE/dx)
@@ -159,6 +162,88 @@ def field_metrics(name: str, predicted: np.ndarray, samples: Sequence[Sample],
     return metrics(FieldPairs(name, spec.level, spec.units, spec.rank, predicted, target, len(samples)))
 
 
+def _blocked(groups: Mapping[str, Any], unsupported: Mapping[str, str], venv: Path | None) -> dict[str, Any] | None:
+    """The record of a task MACE cannot run (no supported field, or no MACE venv); None if it can."""
+    if not groups:
+        return {"supported": False, "reason": "; ".join(f"{f}: {r}" for f, r in unsupported.items()),
+                "unsupported_fields": dict(unsupported)}
+    ok, reason = available(venv)
+    if not ok:
+        return {"supported": False, "reason": reason}
+    return None
+
+
+def _runner_train_config(task: Any, budget: Mapping[str, Any], num_models: int) -> dict[str, Any]:
+    """run.json's ``train`` block: the budget's settings, the time budget shared by the models."""
+    max_time = budget.get("max_time_s")
+    return {
+        "epochs": int(budget["epochs"]), "batch_size": int(budget.get("batch_size", 8)),
+        "eval_batch_size": int(budget.get("eval_batch_size", 16)), "lr": float(budget.get("lr", 0.01)),
+        "seed": int(budget.get("seed", task.split.get("seed", 0))),
+        "max_time_s": None if max_time is None else float(max_time) / num_models,
+        "dtype": str(budget.get("dtype", "float32")),
+    }
+
+
+def _predictions_path(out_dir: Path, group: str) -> Path:
+    """Where the runner writes one model's test predictions (train mode)."""
+    return out_dir / f"{group}_predictions.npz"
+
+
+def _run_model(task: Any, mode: str, group: str, weights: Mapping[str, float], parts: Mapping[str, Sequence[Sample]],
+               train_cfg: Mapping[str, Any], out_dir: Path, timeout: float, venv: Path | None) -> dict[str, Any]:
+    """Write one MACE model's extxyz files and run.json, run mace_runner.py on them; its result json.
+
+    Raises:
+        RuntimeError: with the log's tail when the runner fails.
+    """
+    fields = list(weights)
+    files = {}
+    for part, part_samples in parts.items():
+        files[part] = str(out_dir / f"{group}_{part}.xyz")
+        write_extxyz(part_samples, fields, Path(files[part]))
+    run = {"mode": mode, "group": group, "fields": dict(weights), "files": files, "model": model_spec(group, task.cutoff),
+           "train": dict(train_cfg), "predictions": str(_predictions_path(out_dir, group)),
+           "result": str(out_dir / f"{group}_result.json")}
+    config_path = out_dir / f"{group}_run.json"
+    config_path.write_text(json.dumps(run, indent=2))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([str(mace_python(venv)), str(RUNNER), str(config_path)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    (out_dir / f"{group}_log.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise RuntimeError(f"MACE runner failed for task {task.name!r}, model {group!r} "
+                           f"(rc {proc.returncode}); see {out_dir / f'{group}_log.txt'}: " + " | ".join(tail))
+    return json.loads(Path(run["result"]).read_text())
+
+
+def _inference_summary(results: Sequence[Mapping[str, Any]], test: Sequence[Sample]) -> dict[str, Any]:
+    """Inference speed, size and setup of a task's MACE models together (times and parameters summed)."""
+    inference_s = sum(float(np.median(r["inference_times_s"])) for r in results)
+    test_atoms = sum(len(s.numbers) for s in test)
+    described = [f"{r['model_class']} for {', '.join(r['fields'])}" for r in results]
+    notes = list(described)
+    if any(r["inference_grad"] for r in results):
+        notes.append("forces are -dE/dx, so that model's inference runs with autograd (no torch.no_grad)")
+    return {
+        "inference_structures_per_s": len(test) / inference_s,
+        "inference_atoms_per_s": test_atoms / inference_s,
+        "inference_time_s": inference_s,
+        "test_structures": len(test),
+        "test_atoms": test_atoms,
+        "num_parameters": sum(r["num_parameters"] for r in results),
+        "model": "MACE: " + "; ".join(described),
+        "device": "cpu",
+        "torch_threads": results[0]["torch_threads"],
+        "inference_batch_size": results[0]["inference_batch_size"],
+        "inference_timing": results[0]["inference_timing"] + "; models run one after another, times summed",
+        "versions": results[0]["versions"],
+        "notes": notes,
+        "models": list(results),
+    }
+
+
 def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], budget: Mapping[str, Any],
              out_dir: Path, venv: Path | None = None) -> dict[str, Any]:
     """Train and test MACE on a task's splits within its budget (see the module docstring).
@@ -169,76 +254,77 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
     ``dtype`` ("float32", MACE's training default; "float64" for exact checks).
     """
     groups, unsupported = plan_models(task.targets)
-    if not groups:
-        return {"supported": False, "reason": "; ".join(f"{f}: {r}" for f, r in unsupported.items()),
-                "unsupported_fields": unsupported}
-    ok, reason = available(venv)
-    if not ok:
-        return {"supported": False, "reason": reason}
+    blocked = _blocked(groups, unsupported, venv)
+    if blocked is not None:
+        return blocked
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = {name: [samples[i] for i in split[name]] for name in ("train", "valid", "test")}
-    max_time = budget.get("max_time_s")
-    batch_size = int(budget.get("batch_size", 8))
-    train_cfg = {
-        "epochs": int(budget["epochs"]), "batch_size": batch_size,
-        "eval_batch_size": int(budget.get("eval_batch_size", 16)), "lr": float(budget.get("lr", 0.01)),
-        "seed": int(budget.get("seed", task.split.get("seed", 0))),
-        "max_time_s": None if max_time is None else float(max_time) / len(groups),
-        "dtype": str(budget.get("dtype", "float32")),
-    }
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    train_cfg = _runner_train_config(task, budget, len(groups))
+    timeout = budget.get("timeout_s") or 3 * (train_cfg["max_time_s"] or 600) + 300
     results, field_results = [], {}
     for group, weights in groups.items():
-        fields = list(weights)
-        files = {}
-        for part, part_samples in parts.items():
-            files[part] = str(out_dir / f"{group}_{part}.xyz")
-            write_extxyz(part_samples, fields, Path(files[part]))
-        run = {"group": group, "fields": weights, "files": files, "model": model_spec(group, task.cutoff),
-               "train": train_cfg, "predictions": str(out_dir / f"{group}_predictions.npz"),
-               "result": str(out_dir / f"{group}_result.json")}
-        config_path = out_dir / f"{group}_run.json"
-        config_path.write_text(json.dumps(run, indent=2))
-        timeout = budget.get("timeout_s") or 3 * (train_cfg["max_time_s"] or 600) + 300
-        proc = subprocess.run([str(mace_python(venv)), str(RUNNER), str(config_path)], env=env, capture_output=True,
-                              text=True, timeout=timeout)
-        (out_dir / f"{group}_log.txt").write_text(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-            raise RuntimeError(f"MACE runner failed for task {task.name!r}, model {group!r} "
-                               f"(rc {proc.returncode}); see {out_dir / f'{group}_log.txt'}: " + " | ".join(tail))
-        result = json.loads(Path(run["result"]).read_text())
-        with np.load(run["predictions"]) as predictions:
-            for name in fields:
+        result = _run_model(task, "train", group, weights, parts, train_cfg, out_dir, timeout, venv)
+        with np.load(_predictions_path(out_dir, group)) as predictions:
+            for name in weights:
                 elements = getattr(task, "metric_elements", {}).get(name)
                 field_results[name] = field_metrics(name, predictions[name], parts["test"], elements)
         results.append(result)
-    inference_s = sum(float(np.median(r["inference_times_s"])) for r in results)
-    test_atoms = sum(len(s.numbers) for s in parts["test"])
-    notes = [f"{r['model_class']} for {', '.join(r['fields'])}" for r in results]
-    if any(r["inference_grad"] for r in results):
-        notes.append("forces are -dE/dx, so that model's inference runs with autograd (no torch.no_grad)")
+    summary = _inference_summary(results, parts["test"])
     if len(results) > 1:
-        notes.append(f"{len(results)} MACE models, each with 1/{len(results)} of the time budget; "
-                     "train time, parameters and inference time are their sums")
+        summary["notes"].append(f"{len(results)} MACE models, each with 1/{len(results)} of the time budget; "
+                                "train time, parameters and inference time are their sums")
     return {
         "supported": True,
         "reason": "; ".join(f"{f}: {r}" for f, r in unsupported.items()),
         "unsupported_fields": unsupported,
         "fields": field_results,
         "train_time_s": sum(r["train_time_s"] for r in results),
-        "inference_structures_per_s": len(parts["test"]) / inference_s,
-        "inference_atoms_per_s": test_atoms / inference_s,
         "peak_memory_mib": max(r["peak_memory_mib"] for r in results),
         "peak_memory_method": "ru_maxrss of the MACE runner process (whole process, not a delta)",
-        "num_parameters": sum(r["num_parameters"] for r in results),
-        "device": "cpu",
-        "versions": results[0]["versions"],
-        "notes": notes,
-        "models": results,
+        **summary,
     }
 
 
+def time_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], out_dir: Path,
+              venv: Path | None = None, *, eval_batch_size: int = 16, dtype: str = "float32",
+              timeout_s: float = 900.0) -> dict[str, Any]:
+    """Time MACE's inference on a task's test split, without training (the runner's ``time`` mode).
+
+    The models are those :func:`run_peer` would train for the task's fields (same grouping,
+    sizes, z_table over all splits, avg_num_neighbors and E0s from the training split, seed),
+    with their untrained initial weights. Inference as in :func:`run_peer`: batches of
+    ``eval_batch_size``, graphs built in every pass, median of 3 passes after 1 warm-up, one
+    torch thread; the energy model runs with autograd (forces = -dE/dx), the others without.
+    ``timeout_s`` bounds each model's runner process.
+
+    Returns:
+        ``supported``, ``reason``, ``unsupported_fields`` and, when supported, ``fields`` (the
+        fields whose models were timed), ``inference_structures_per_s``, ``inference_atoms_per_s``, ``inference_time_s`` (summed
+        over models), ``test_structures``, ``test_atoms``, ``num_parameters``, ``model``,
+        ``device``, ``torch_threads``, ``inference_batch_size``, ``inference_timing``,
+        ``versions``, ``notes``, ``models`` (each runner's result: per-model
+        ``inference_times_s``, ``num_parameters``, ``model_class``, ...).
+    """
+    groups, unsupported = plan_models(task.targets)
+    blocked = _blocked(groups, unsupported, venv)
+    if blocked is not None:
+        return blocked
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = {name: [samples[i] for i in split[name]] for name in ("train", "valid", "test")}
+    train_cfg = _runner_train_config(task, {"epochs": 0, "eval_batch_size": eval_batch_size, "dtype": dtype},
+                                     len(groups))
+    results = [_run_model(task, "time", group, weights, parts, train_cfg, out_dir, timeout_s, venv)
+               for group, weights in groups.items()]
+    summary = _inference_summary(results, parts["test"])
+    summary["notes"].append(f"untrained MACE (seed {train_cfg['seed']}): inference speed does not depend on the weights")
+    if len(results) > 1:
+        summary["notes"].append(f"{len(results)} MACE models; parameters and inference time are their sums")
+    return {"supported": True, "reason": "; ".join(f"{f}: {r}" for f, r in unsupported.items()),
+            "fields": [name for weights in groups.values() for name in weights],
+            "unsupported_fields": unsupported, **summary}
+
+
 __all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "field_metrics", "mace_python", "model_spec", "plan_models",
-           "run_peer", "write_extxyz"]
+           "run_peer", "time_peer", "write_extxyz"]

@@ -7,13 +7,22 @@ it talks to ``benchmarks/peers/mace_peer.py`` through files only:
 
 ``run.json`` (written by the adapter)::
 
-    {"group": "energy" | "dipole" | "dielectric" | "atomic_dipole",
+    {"mode": "train" | "time",                # optional, "train" when absent
+     "group": "energy" | "dipole" | "dielectric" | "atomic_dipole",
      "fields": {field: loss weight},          # the task fields this model learns
      "files": {"train": xyz, "valid": xyz, "test": xyz},
      "model": {"r_max", "hidden_irreps", "max_ell", "num_interactions", "correlation",
                "num_bessel", "num_polynomial_cutoff", "radial_MLP", "MLP_irreps"},
      "train": {"epochs", "batch_size", "eval_batch_size", "lr", "seed", "max_time_s", "dtype"},
      "predictions": npz path, "result": json path}
+
+Modes: ``train`` trains, writes the test predictions and times inference. ``time`` builds the
+model exactly as ``train`` does (same z_table from every given file, avg_num_neighbors, E0s
+and scale/shift from the training file, same seed, hence the same initial weights), skips
+training and writes only the inference timing: speed does not depend on the weights. It needs
+the ``train`` and ``test`` files (``valid``, when given, joins the z_table as in training) and
+reads only ``seed``, ``batch_size``, ``eval_batch_size`` and ``dtype`` from ``train``;
+``predictions`` is not written.
 
 Labels in the extxyz (tensorframe's units, which MACE takes as they are, see below):
 ``REF_energy`` (info, eV), ``REF_forces`` (arrays, eV/Å), ``REF_dipole`` (info, 3, e·Å),
@@ -35,8 +44,9 @@ Training is a small loop of our own (MACE's ``run_train`` CLI has no time budget
 per-atom dipole loss) with MACE's default optimizer (Adam, amsgrad, lr 0.01 unless the budget
 sets one, weight decay 5e-7, ReduceLROnPlateau factor 0.8 patience 50), loss = sum_f w_f * MSE_f / Var_train(f), fixed epochs or until
 ``max_time_s`` (checked after each batch), keeping the weights of the best validation loss.
-Inference throughput: median of 3 timed passes over the test structures (neighbour lists,
-batching, forward) after one warm-up pass; under ``torch.no_grad()`` except the energy model, whose forces need autograd.
+Inference throughput (both modes): median of 3 timed passes over the test structures (neighbour
+lists, batching, forward; batches of ``eval_batch_size``) after one warm-up pass, one torch thread;
+under ``torch.no_grad()`` except the energy model, whose forces need autograd.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +82,8 @@ OUTPUT_KEYS = {"energy": "energy", "forces": "forces", "dipole": "dipole",
                "polarizability": "polarizability", "atomic_dipole": "atomic_dipoles"}
 GROUP_FIELDS = {"energy": {"energy", "forces"}, "dipole": {"dipole"},
                 "dielectric": {"dipole", "polarizability"}, "atomic_dipole": {"atomic_dipole"}}
+MODES = ("train", "time")
+INFERENCE_REPEATS = 3  # timed passes (after one warm-up); the median is reported
 
 
 def read_configs(path: str, fields: list[str]) -> list[mace_data.Configuration]:
@@ -208,11 +221,39 @@ def time_inference(model: torch.nn.Module, group: str, configs: list[mace_data.C
     return times
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", type=Path)
-    args = parser.parse_args(argv)
-    cfg = json.loads(args.config.read_text())
+@dataclass
+class PreparedRun:
+    """One MACE model as built from run.json, with the data it was built from.
+
+    ``configs`` / ``graphs``: {split: list over the structures of that file};
+    ``test_batches``: the test graphs in batches of ``eval_batch_size``, file order.
+    """
+
+    group: str
+    weights: dict[str, float]
+    spec: dict[str, Any]
+    configs: dict[str, list[mace_data.Configuration]]
+    graphs: dict[str, list[mace_data.AtomicData]]
+    z_table: tools.AtomicNumberTable
+    train_loader: Any
+    test_batches: list[Any]
+    avg_num_neighbors: float
+    model: torch.nn.Module
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.weights)
+
+
+def prepare(cfg: dict[str, Any]) -> PreparedRun:
+    """Check the fields, fix dtype, seed and threads, read the files and build the model.
+
+    The order of random draws (data loaders, model init) is the same in both modes, so a
+    ``time`` run times the very model a ``train`` run starts from.
+
+    Raises:
+        ValueError: when the group cannot learn one of the fields.
+    """
     group, weights = cfg["group"], {k: float(v) for k, v in cfg["fields"].items()}
     fields = list(weights)
     unknown = set(fields) - GROUP_FIELDS[group]
@@ -229,12 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     graphs = {split: to_atomic_data(c, z_table, spec["r_max"], fields) for split, c in configs.items()}
     batch_size, eval_batch_size = int(train_cfg["batch_size"]), int(train_cfg["eval_batch_size"])
     train_loader = torch_geometric.dataloader.DataLoader(graphs["train"], batch_size=batch_size, shuffle=True, drop_last=False)
-    valid_loader = torch_geometric.dataloader.DataLoader(graphs["valid"], batch_size=eval_batch_size, shuffle=False)
     test_batches = list(torch_geometric.dataloader.DataLoader(graphs["test"], batch_size=eval_batch_size, shuffle=False))
 
     avg_num_neighbors = modules.compute_avg_num_neighbors(train_loader)
     model = build_model(group, spec, z_table, avg_num_neighbors, configs["train"], fields, train_loader)
-    variances = field_variances(graphs["train"], fields)
+    return PreparedRun(group, weights, spec, configs, graphs, z_table, train_loader, test_batches,
+                       avg_num_neighbors, model)
+
+
+def train(run: PreparedRun, train_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train ``run.model`` in place (ending with the best validation weights); what happened."""
+    model, group, weights = run.model, run.group, run.weights
+    valid_loader = torch_geometric.dataloader.DataLoader(run.graphs["valid"], batch_size=int(train_cfg["eval_batch_size"]),
+                                                         shuffle=False)
+    variances = field_variances(run.graphs["train"], run.fields)
     # MACE's run_train defaults: Adam with amsgrad, lr 0.01, weight decay 5e-7, plateau factor 0.8
     optimizer = torch.optim.Adam(model.parameters(), lr=float(train_cfg["lr"]), amsgrad=True, weight_decay=5e-7)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.8, patience=50)
@@ -244,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for _ in range(int(train_cfg["epochs"])):
         model.train()
-        for batch in train_loader:
+        for batch in run.train_loader:
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(forward(model, group, batch, training=True), batch, weights, variances)
             loss.backward()
@@ -263,34 +312,56 @@ def main(argv: list[str] | None = None) -> int:
     train_time = time.perf_counter() - start
     if best_state is not None:
         model.load_state_dict(best_state)
+    return {"train_time_s": train_time, "epochs_done": epochs_done, "stopped_by": stopped_by,
+            "best_valid_loss": best_loss}
 
-    predictions = predict(model, group, test_batches, fields)
-    np.savez(cfg["predictions"], **predictions)
-    times = time_inference(model, group, configs["test"], z_table, spec["r_max"], eval_batch_size)
-    num_structures = len(graphs["test"])
-    num_atoms = sum(int(g.num_nodes) for g in graphs["test"])
+
+def inference_record(run: PreparedRun, eval_batch_size: int) -> dict[str, Any]:
+    """Time inference on the test file (:func:`time_inference`) and describe the model and setup."""
+    times = time_inference(run.model, run.group, run.configs["test"], run.z_table, run.spec["r_max"], eval_batch_size,
+                           repeats=INFERENCE_REPEATS)
+    num_structures = len(run.graphs["test"])
+    num_atoms = sum(int(g.num_nodes) for g in run.graphs["test"])
     median = statistics.median(times)
-    result = {
-        "group": group,
-        "model_class": type(model).__name__,
-        "fields": fields,
-        "num_parameters": int(sum(p.numel() for p in model.parameters())),
-        "train_time_s": train_time,
-        "epochs_done": epochs_done,
-        "stopped_by": stopped_by,
-        "best_valid_loss": best_loss,
-        "avg_num_neighbors": avg_num_neighbors,
+    return {
+        "group": run.group,
+        "model_class": type(run.model).__name__,
+        "fields": run.fields,
+        "num_parameters": int(sum(p.numel() for p in run.model.parameters())),
+        "avg_num_neighbors": run.avg_num_neighbors,
         "inference_times_s": times,
         "inference_structures_per_s": num_structures / median,
         "inference_atoms_per_s": num_atoms / median,
-        "inference_grad": group == "energy",
+        "inference_grad": run.group == "energy",
+        "inference_batch_size": eval_batch_size,
+        "inference_timing": f"median of {INFERENCE_REPEATS} passes after 1 warm-up; each pass builds the graphs "
+        "(neighbour lists), batches and runs the forward",
+        "torch_threads": torch.get_num_threads(),
+        "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+        "device": "cpu",
         "test_structures": num_structures,
         "test_atoms": num_atoms,
         "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "model": spec,
+        "model": run.spec,
         "versions": {"mace-torch": importlib.metadata.version("mace-torch"), "torch": torch.__version__,
                      "e3nn": importlib.metadata.version("e3nn"), "python": sys.version.split()[0]},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    args = parser.parse_args(argv)
+    cfg = json.loads(args.config.read_text())
+    mode = cfg.get("mode", "train")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+    run = prepare(cfg)
+    result: dict[str, Any] = {"mode": mode}
+    if mode == "train":
+        result.update(train(run, cfg["train"]))
+        np.savez(cfg["predictions"], **predict(run.model, run.group, run.test_batches, run.fields))
+    result.update(inference_record(run, int(cfg["train"]["eval_batch_size"])))
     Path(cfg["result"]).write_text(json.dumps(result, indent=2))
     return 0
 

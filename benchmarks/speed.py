@@ -1,0 +1,153 @@
+"""Inference speed of every backbone and peer on each task's test split, measured side by side.
+
+    python -m benchmarks speed [--tasks ...] [--backbones ...] [--peers ...] [--repeats 5]
+
+Why a separate pass: the suite trains models in parallel processes on a shared machine, so the
+inference times it records during training runs share the CPU with whatever else runs. Here all
+models of a task are timed in one process, in interleaved rounds (round r times model 1, 2, ...
+then round r + 1), so drifts in machine load hit every model alike; the median round is kept.
+
+Protocol per task: the test split of the full task, ``predict`` with batch 16 under
+``torch.no_grad`` (graph building included, as a user calls it), float32, one warm-up pass per
+model, then ``repeats`` interleaved rounds. Weights are freshly initialised (seed 0): the cost of
+a forward pass does not depend on the weights' values, and the architectures, graphs and heads are
+those of the suite's trained models. MACE runs in its own virtual environment, so it is timed by
+its runner in a subprocess right after the in-process models (same machine, same split, same
+batch size); its numbers say so.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import environment, write_json
+from benchmarks.peers import load_peer
+from benchmarks.tasks import TASKS, Task, load_task
+from tensorframe.types import Sample
+
+BATCH = 16
+PROTOCOL = (f"predict() over the full test split, batch {BATCH}, torch.no_grad, float32, graph building included; "
+            "freshly initialised weights (seed 0); one warm-up pass per model, then interleaved rounds "
+            "(every model once per round), median round reported")
+
+
+def tensorframe_predictor(task: Task, config: dict[str, Any]) -> tuple[Callable[[list[Sample]], Any], int]:
+    """A suite backbone with the task's heads and cutoffs, and its parameter count."""
+    from tensorframe.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"cutoff": task.cutoff, "triplet_cutoff": min(task.triplet_cutoff, task.cutoff),
+                         "backbone": config, "heads": task.heads}).eval()
+    return (lambda samples: model.predict(samples, batch_size=BATCH)), sum(p.numel() for p in model.parameters())
+
+
+def e3nn_predictor(task: Task, samples: Sequence[Sample], split: dict[str, list[int]]
+                   ) -> tuple[Callable[[list[Sample]], Any], int]:
+    """The e3nn peer as the suite builds it for ``task`` (untrained), and its parameter count."""
+    from benchmarks.peers.e3nn_peer import _head_options, build_peer, make_graph_fn
+    from benchmarks.peers.train_loop import GraphPredictor
+    from tensorframe.registry import get_registry
+
+    registry = get_registry().items["field"]
+    fields = {name: registry[name] for name in task.targets}
+    asr = [name for name, head in _head_options(task.heads).items() if head.get("acoustic_sum_rule") and name in fields]
+    torch.manual_seed(0)
+    model = build_peer(fields, samples, split["train"], task.cutoff, asr).eval()
+    predictor = GraphPredictor(model, fields, make_graph_fn(task.cutoff, torch.float32, torch.device("cpu"),
+                                                            getattr(task, "max_neighbors", None)))
+    return (lambda batch: predictor.predict(batch, BATCH)), sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def interleaved_times(predictors: dict[str, Callable[[list[Sample]], Any]], samples: list[Sample],
+                      repeats: int) -> dict[str, list[float]]:
+    """Seconds per pass over ``samples``: a warm-up pass each, then ``repeats`` rounds of one pass per model."""
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    with torch.no_grad():
+        for predict in predictors.values():
+            predict(samples)
+        for _ in range(repeats):
+            for name, predict in predictors.items():
+                start = time.perf_counter()
+                predict(samples)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def time_task(task: Task, backbones: dict[str, dict[str, Any]], peers: Sequence[str], repeats: int,
+              log: Callable[[str], Any] = print, reduced: bool = False) -> dict[str, Any]:
+    """Inference speed of every model on ``task``'s test split; {"models": {name: record}, ...}.
+    ``reduced`` times the reduced-mode subset (the CI smoke test)."""
+    ok, reason = task.available()
+    if not ok:
+        return {"skipped": reason}
+    samples, split = load_task(task, reduced=reduced)
+    test = [samples[i] for i in split["test"]]
+    atoms = sum(s.num_atoms for s in test)
+    predictors: dict[str, Callable[[list[Sample]], Any]] = {}
+    params: dict[str, int] = {}
+    for name, config in backbones.items():
+        predictors[name], params[name] = tensorframe_predictor(task, config)
+    if "e3nn" in peers:
+        predictors["e3nn"], params["e3nn"] = e3nn_predictor(task, samples, split)
+    times = interleaved_times(predictors, test, repeats)
+    models: dict[str, Any] = {}
+    for name, seconds in times.items():
+        t = statistics.median(seconds)
+        models[name] = {"kind": "peer" if name == "e3nn" else "backbone", "time_s": t, "times_s": seconds,
+                        "structures_per_s": len(test) / t, "atoms_per_s": atoms / t, "num_parameters": params[name],
+                        "how": "in-process, interleaved rounds"}
+        log(f"[{task.name}] {name}: {len(test) / t:.1f} structures/s ({atoms / t:.0f} atoms/s)")
+    if "mace" in peers:
+        models["mace"] = mace_speed(task, samples, split)
+        log(f"[{task.name}] mace: {models['mace'].get('structures_per_s', models['mace'].get('reason'))}")
+    return {"num_test_structures": len(test), "num_test_atoms": atoms, "models": models}
+
+
+def mace_speed(task: Task, samples: Sequence[Sample], split: dict[str, list[int]]) -> dict[str, Any]:
+    """MACE's inference speed from its runner (own venv, subprocess), or why not."""
+    run_peer, why = load_peer("mace")
+    if run_peer is None:
+        return {"kind": "peer", "supported": False, "reason": f"not available: {why}"}
+    from benchmarks.peers import mace_peer
+
+    time_peer = getattr(mace_peer, "time_peer", None)
+    if time_peer is None:
+        return {"kind": "peer", "supported": False, "reason": "the MACE adapter has no time-only mode"}
+    out = Path(mace_peer.REPO_ROOT) / "benchmarks" / "results" / "runs" / "speed" / task.name
+    out.mkdir(parents=True, exist_ok=True)
+    record = dict(time_peer(task, samples, split, out))
+    if not record.get("supported", False):
+        return {"kind": "peer", "supported": False, "reason": record.get("reason", "unsupported")}
+    return {"kind": "peer", "structures_per_s": record["inference_structures_per_s"],
+            "atoms_per_s": record["inference_atoms_per_s"], "num_parameters": record.get("num_parameters"),
+            "how": "MACE's own venv, timed by its runner in a subprocess after the in-process models",
+            **{k: v for k, v in record.items() if k in ("model", "versions", "device", "fields", "unsupported_fields")}}
+
+
+def run_speed(task_names: Sequence[str], backbones: dict[str, dict[str, Any]], peers: Sequence[str], repeats: int,
+              json_path: Path, log: Callable[[str], Any] = print, reduced: bool = False) -> dict[str, Any]:
+    """Time every task; ``json_path`` is rewritten after each task."""
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"environment": environment(), "protocol": PROTOCOL, "repeats": repeats,
+                              "reduced": reduced, "backbone_configs": backbones, "tasks": {}}
+    for name in task_names:
+        result["tasks"][name] = time_task(TASKS[name], backbones, peers, repeats, log, reduced)
+        write_json(json_path, result)
+    return result
+
+
+def speeds_for(speed: dict[str, Any] | None, task: str) -> dict[str, float] | None:
+    """{model: structures/s} of ``task`` from a speed JSON, or None."""
+    if not speed or task not in speed.get("tasks", {}):
+        return None
+    models = speed["tasks"][task].get("models", {})
+    return {name: r["structures_per_s"] for name, r in models.items() if r.get("structures_per_s")}
+
+
+__all__ = ["PROTOCOL", "run_speed", "speeds_for", "time_task"]
