@@ -19,14 +19,35 @@ def _g(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def merge_task(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """One task's records from two runs (e.g. the backbones, and a peer run later): models of
+    ``new`` replace those of ``old`` of the same name, the others are kept; the best backbone is
+    chosen again over all of them (its parity plots are kept from the run that made them)."""
+    out = {**old, **{k: v for k, v in new.items() if k not in ("backbones", "peers", "best_backbone", "plots")}}
+    out["backbones"] = {**old.get("backbones", {}), **new.get("backbones", {})}
+    out["peers"] = {**old.get("peers", {}), **new.get("peers", {})}
+    ranked = [n for n, r in out["backbones"].items() if "fields" in r]
+    out["best_backbone"] = min(ranked, key=lambda n: out["backbones"][n]["relative_error"]) if ranked else None
+    for record in (new, old):
+        if record.get("plots") and record.get("best_backbone") == out["best_backbone"]:
+            out["plots"] = record["plots"]
+            break
+    else:
+        out.pop("plots", None)
+    return out
+
+
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several suite JSONs (e.g. from parallel processes) as one; later files win per task."""
+    """Several suite JSONs (e.g. from parallel processes) as one; a task run in several files gets
+    the models of all of them (later files win per model, see :func:`merge_task`)."""
     merged = dict(results[0])
     merged["tasks"] = {}
-    merged["parts"] = [{"mode": r["mode"], "date": r["environment"].get("date"), "tasks": list(r["tasks"])}
-                       for r in results]
+    merged["parts"] = [{"mode": r["mode"], "date": r["environment"].get("date"), "tasks": list(r["tasks"]),
+                        "backbones": list(r.get("backbone_configs", {}))} for r in results]
+    merged["backbone_configs"] = {k: v for r in results for k, v in r.get("backbone_configs", {}).items()}
     for r in results:
-        merged["tasks"].update(r["tasks"])
+        for name, task in r["tasks"].items():
+            merged["tasks"][name] = merge_task(merged["tasks"][name], task) if name in merged["tasks"] else task
     from benchmarks.tasks import TASKS
 
     order = {name: i for i, name in enumerate(TASKS)}
@@ -64,10 +85,14 @@ def with_speed(name: str, task: dict[str, Any], speed: dict[str, Any] | None) ->
     from benchmarks.tasks import TASKS
 
     speeds = speeds_for(speed, name)
-    if not speeds or "skipped" in task:
+    if "skipped" in task:
         return task
-    models = speed["tasks"][name]["models"]
     out = dict(task)
+    if not speeds:
+        if name in TASKS:
+            out["bar"] = bar(TASKS[name], out)
+        return out
+    models = speed["tasks"][name]["models"]
     for group in ("backbones", "peers"):
         out[group] = {}
         for model, record in task.get(group, {}).items():
@@ -192,4 +217,4 @@ def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS, speed
     replace_section(docs, "suite", section(result, str(rel), speed))
 
 
-__all__ = ["load_speed", "merge", "section", "with_speed", "write_docs"]
+__all__ = ["load_speed", "merge", "merge_task", "section", "with_speed", "write_docs"]

@@ -1,0 +1,51 @@
+"""Merging suite runs (parallel halves, a later peer-only run) and the bars recomputed over all models."""
+
+from __future__ import annotations
+
+from benchmarks.suite_report import merge, with_speed
+
+TASK = "default-molecules"
+FIELDS = ("forces", "dipole", "polarizability", "born_charges", "hyperpolarizability")
+
+
+def backbone(error: float, config: str = "reference") -> dict:
+    return {"config": {"name": config}, "relative_error": error, "inference_structures_per_s": 10.0,
+            "fields": {f: {"mae": error, "rmse": 2 * error, "label_mean_abs": 1.0} for f in FIELDS}}
+
+
+def peer(error: float) -> dict:
+    return {"supported": True, "inference_structures_per_s": 10.0,
+            "fields": {f: {"mae": error, "rmse": 2 * error} for f in FIELDS}}
+
+
+def run(tasks: dict, configs: dict) -> dict:
+    return {"mode": "full", "environment": {"date": "d"}, "backbone_configs": configs, "tasks": tasks}
+
+
+def test_a_later_peer_run_adds_its_peer_and_keeps_the_backbones():
+    first = run({TASK: {"backbones": {"reference": backbone(0.2), "etgnn": backbone(0.1, "etgnn")},
+                        "peers": {"e3nn": peer(0.3)}, "best_backbone": "etgnn", "plots": ["p.png"]},
+                 "becs-eps": {"backbones": {"reference": backbone(0.5)}, "peers": {}}},
+                {"reference": {"name": "reference"}, "etgnn": {"name": "etgnn"}})
+    later = run({TASK: {"backbones": {}, "peers": {"painn": peer(0.05)}, "best_backbone": None}}, {})
+    merged = merge([first, later])
+    task = merged["tasks"][TASK]
+    assert set(task["backbones"]) == {"reference", "etgnn"} and set(task["peers"]) == {"e3nn", "painn"}
+    assert task["best_backbone"] == "etgnn" and task["plots"] == ["p.png"]
+    assert list(merged["tasks"]) == ["becs-eps", TASK]  # the suite's task order
+    assert set(merged["backbone_configs"]) == {"reference", "etgnn"}
+    # Bar 1 is judged against every peer, the later one included: painn (0.05) beats etgnn (0.1).
+    bars = with_speed(TASK, task, None)["bar"]
+    assert bars["accuracy"]["holds"] is False
+    assert with_speed(TASK, merge([first])["tasks"][TASK], None)["bar"]["accuracy"]["holds"] is True
+
+
+def test_a_rerun_backbone_replaces_the_old_record_and_the_best_is_chosen_again():
+    first = run({TASK: {"backbones": {"reference": backbone(0.2), "etgnn": backbone(0.1, "etgnn")}, "peers": {},
+                        "best_backbone": "etgnn", "plots": ["old.png"]}}, {})
+    rerun = run({TASK: {"backbones": {"etgnn": backbone(0.4, "etgnn")}, "peers": {}, "best_backbone": "etgnn",
+                        "plots": ["new.png"]}}, {})
+    task = merge([first, rerun])["tasks"][TASK]
+    assert task["backbones"]["etgnn"]["relative_error"] == 0.4
+    assert task["best_backbone"] == "reference"
+    assert "plots" not in task  # neither run plotted the new best backbone
