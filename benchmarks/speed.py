@@ -13,11 +13,12 @@ model, then ``repeats`` interleaved rounds. Weights are freshly initialised (see
 a forward pass does not depend on the weights' values, and the architectures, graphs and heads are
 those of the suite's trained models. MACE runs in its own virtual environment, so it is timed by
 its runner in a subprocess right after the in-process models (same machine, same split, same
-batch size); its numbers say so.
+batch size); their numbers say so.
 """
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import REPO_ROOT, environment, write_json
 from benchmarks.peers import load_peer
 from benchmarks.tasks import TASKS, Task, load_task
 from tensorframe.types import Sample
@@ -95,6 +96,7 @@ def time_task(task: Task, backbones: dict[str, dict[str, Any]], peers: Sequence[
         predictors[name], params[name] = tensorframe_predictor(task, config)
     if "e3nn" in peers:
         predictors["e3nn"], params["e3nn"] = e3nn_predictor(task, samples, split)
+    graph_stats = test_graph_sizes(task, test)
     times = interleaved_times(predictors, test, repeats)
     models: dict[str, Any] = {}
     for name, seconds in times.items():
@@ -103,30 +105,45 @@ def time_task(task: Task, backbones: dict[str, dict[str, Any]], peers: Sequence[
                         "structures_per_s": len(test) / t, "atoms_per_s": atoms / t, "num_parameters": params[name],
                         "how": "in-process, interleaved rounds"}
         log(f"[{task.name}] {name}: {len(test) / t:.1f} structures/s ({atoms / t:.0f} atoms/s)")
-    if "mace" in peers:
-        models["mace"] = mace_speed(task, samples, split)
-        log(f"[{task.name}] mace: {models['mace'].get('structures_per_s', models['mace'].get('reason'))}")
-    return {"num_test_structures": len(test), "num_test_atoms": atoms, "models": models}
+    for name in peers:
+        if name != "e3nn":
+            models[name] = subprocess_peer_speed(name, task, samples, split)
+            log(f"[{task.name}] {name}: {models[name].get('structures_per_s', models[name].get('reason'))}")
+    return {"num_test_structures": len(test), "num_test_atoms": atoms, **graph_stats, "models": models}
 
 
-def mace_speed(task: Task, samples: Sequence[Sample], split: dict[str, list[int]]) -> dict[str, Any]:
-    """MACE's inference speed from its runner (own venv, subprocess), or why not."""
-    run_peer, why = load_peer("mace")
+def test_graph_sizes(task: Task, samples: Sequence[Sample]) -> dict[str, float]:
+    """Edges and triplets per atom of ``samples`` at the task's cutoffs: the work per atom of an
+    edge model (the e3nn peer, MACE) and of a triplet model (ETGNN)."""
+    from tensorframe.graph import build_graph
+
+    edges = triplets = 0
+    for start in range(0, len(samples), BATCH):
+        graph = build_graph(samples[start : start + BATCH], task.cutoff, min(task.triplet_cutoff, task.cutoff))
+        edges, triplets = edges + graph.num_edges, triplets + graph.num_triplets
+    atoms = max(sum(s.num_atoms for s in samples), 1)
+    return {"edges_per_atom": edges / atoms, "triplets_per_atom": triplets / atoms}
+
+
+def subprocess_peer_speed(name: str, task: Task, samples: Sequence[Sample], split: dict[str, list[int]]
+                          ) -> dict[str, Any]:
+    """A peer in its own venv (MACE, PaiNN), timed by its runner through the adapter's
+    ``time_peer(task, samples, split, out_dir)``; or why not."""
+    run_peer, why = load_peer(name)
     if run_peer is None:
         return {"kind": "peer", "supported": False, "reason": f"not available: {why}"}
-    from benchmarks.peers import mace_peer
-
-    time_peer = getattr(mace_peer, "time_peer", None)
+    module = importlib.import_module(f"benchmarks.peers.{name}_peer")
+    time_peer = getattr(module, "time_peer", None)
     if time_peer is None:
-        return {"kind": "peer", "supported": False, "reason": "the MACE adapter has no time-only mode"}
-    out = Path(mace_peer.REPO_ROOT) / "benchmarks" / "results" / "runs" / "speed" / task.name
+        return {"kind": "peer", "supported": False, "reason": f"the {name} adapter has no time-only mode"}
+    out = REPO_ROOT / "benchmarks" / "results" / "runs" / "speed" / task.name / name
     out.mkdir(parents=True, exist_ok=True)
     record = dict(time_peer(task, samples, split, out))
     if not record.get("supported", False):
         return {"kind": "peer", "supported": False, "reason": record.get("reason", "unsupported")}
     return {"kind": "peer", "structures_per_s": record["inference_structures_per_s"],
             "atoms_per_s": record["inference_atoms_per_s"], "num_parameters": record.get("num_parameters"),
-            "how": "MACE's own venv, timed by its runner in a subprocess after the in-process models",
+            "how": f"{name}'s own venv, timed by its runner in a subprocess after the in-process models",
             **{k: v for k, v in record.items() if k in ("model", "versions", "device", "fields", "unsupported_fields")}}
 
 

@@ -203,10 +203,14 @@ def section(result: dict[str, Any], json_name: str, speed: dict[str, Any] | None
     summary = []
     for name, task in tasks.items():
         b = task.get("bar", {})
+        sizes = (speed or {}).get("tasks", {}).get(name, {})
         summary.append([name, task.get("best_backbone") or task.get("skipped", "–"),
-                        b.get("accuracy", {}).get("text", "–"), b.get("speed", {}).get("text", "–")])
-    lines += [markdown_table(["task", "best backbone", "bar 1 (accuracy vs best peer)", "bar 2 (ETGNN vs e3nn speed)"],
-                             summary), ""]
+                        b.get("accuracy", {}).get("text", "–"), b.get("speed", {}).get("text", "–"),
+                        _g(sizes.get("edges_per_atom")), _g(sizes.get("triplets_per_atom"))])
+    lines += [markdown_table(["task", "best backbone", "bar 1 (accuracy vs best peer)", "bar 2 (ETGNN vs e3nn speed)",
+                              "edges / atom", "triplets / atom"], summary), "",
+              "Edges per atom are the work per atom of the edge models (the e3nn peer, MACE); triplets per atom "
+              "that of ETGNN's triplet messages (test split, the task's cutoffs).", ""]
     for name, task in tasks.items():
         lines.append(task_section(name, task))
     return "\n".join(lines)

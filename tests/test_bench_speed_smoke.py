@@ -27,6 +27,7 @@ def test_speed_pass_times_every_model_in_interleaved_rounds(speed_run):
     assert speed["reduced"] and speed["repeats"] == 2 and "interleaved" in speed["protocol"]
     record = speed["tasks"][TASK]
     assert set(record["models"]) == {"reference", "e3nn"}
+    assert record["edges_per_atom"] > 0 and record["triplets_per_atom"] > 0
     for model in record["models"].values():
         assert len(model["times_s"]) == 2
         assert model["structures_per_s"] > 0 and model["atoms_per_s"] > 0 and model["num_parameters"] > 0
