@@ -1,0 +1,334 @@
+"""A benchmark peer that lives in its own virtual environment, spoken to through files.
+
+Shared by ``mace_peer`` and ``painn_peer`` (each peer's runner script, e.g. ``mace_runner.py``,
+runs in the peer's venv and never imports tensorframe). Everything here runs in tensorframe's
+venv; one runner process per peer model, each with its file-name ``prefix`` in ``out_dir``:
+
+    task splits -> {prefix}_{train,valid,test}.xyz (labels under REF_* keys, tensorframe's units)
+    -> {prefix}_run.json -> ``<venv>/bin/python <runner>.py {prefix}_run.json`` -> {prefix}_log.txt
+    -> {prefix}_result.json (timings, sizes, versions) + {prefix}_predictions.npz (train mode)
+    -> MAE/RMSE with tensorframe.evaluate.metrics; times and parameters summed over the models
+
+``{prefix}_run.json``, what every runner reads::
+
+    {"mode": "train" | "time", "group": str (only where the peer has several model kinds),
+     "fields": {field: loss weight}, "files": {"train" | "valid" | "test": extxyz path},
+     "model": {peer's size settings}, "train": {see runner_train_config},
+     "predictions": npz path, "result": json path}
+
+``{prefix}_result.json``, the keys read here: ``inference_times_s`` (list of seconds, one per
+timed pass), ``num_parameters``, ``torch_threads``, ``inference_batch_size``,
+``inference_timing`` (how it was timed, in words), ``versions`` ({package: version}) and, in
+train mode, ``train_time_s`` and ``peak_memory_mib``; the peer's ``describe`` may read more.
+``{prefix}_predictions.npz``: one array per field, rows as the test split's (atoms or
+structures), tensorframe's units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tensorframe.types import Sample
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+LABEL_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "dipole": "REF_dipole",
+              "polarizability": "REF_polarizability", "atomic_dipole": "REF_atomic_dipole"}
+ATOM_FIELDS = ("forces", "atomic_dipole")
+SPLIT_PARTS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class RunnerModel:
+    """One peer model, trained or timed by one runner process.
+
+    ``prefix``: its files' names in ``out_dir`` (``{prefix}_run.json``, ...); ``fields``:
+    {field: loss weight} it learns; ``spec``: run.json's ``model`` block (the peer's sizes);
+    ``group``: run.json's ``group`` (the model kind, for a runner that builds several), left
+    out of run.json when None.
+    """
+
+    prefix: str
+    fields: Mapping[str, float]
+    spec: Mapping[str, Any]
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """How a task's peer models are named in its record: ``model`` (one line), ``notes``
+    (list of sentences), ``inference_timing`` (how the inference times were taken)."""
+
+    model: str
+    notes: list[str]
+    inference_timing: str
+
+
+def unsupported_reason(unsupported: Mapping[str, str]) -> str:
+    """``{field: reason}`` as one line, ``"field: reason; field: reason"``."""
+    return "; ".join(f"{f}: {r}" for f, r in unsupported.items())
+
+
+def split_parts(samples: Sequence[Sample], split: Mapping[str, Sequence[int]]) -> dict[str, list[Sample]]:
+    """{"train" | "valid" | "test": the split's samples, in the split's order}."""
+    return {name: [samples[i] for i in split[name]] for name in SPLIT_PARTS}
+
+
+def runner_train_config(task: Any, budget: Mapping[str, Any], *, default_lr: float,
+                        num_models: int) -> dict[str, Any]:
+    """run.json's ``train`` block: the budget's settings, its time budget shared by the models.
+
+    Keys: ``epochs``, ``batch_size`` (8 unless the budget says), ``eval_batch_size`` (16),
+    ``lr`` (``default_lr``), ``seed`` (the split's seed), ``max_time_s`` (the budget's over
+    ``num_models``, or None), ``dtype`` ("float32").
+    """
+    max_time = budget.get("max_time_s")
+    return {
+        "epochs": int(budget["epochs"]), "batch_size": int(budget.get("batch_size", 8)),
+        "eval_batch_size": int(budget.get("eval_batch_size", 16)), "lr": float(budget.get("lr", default_lr)),
+        "seed": int(budget.get("seed", task.split.get("seed", 0))),
+        "max_time_s": None if max_time is None else float(max_time) / num_models,
+        "dtype": str(budget.get("dtype", "float32")),
+    }
+
+
+def make_out_dir(out_dir: Path | str) -> Path:
+    """``out_dir`` as a Path, created (with its parents) if missing."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def predictions_path(out_dir: Path, prefix: str) -> Path:
+    """Where the runner writes one model's test predictions (train mode)."""
+    return out_dir / f"{prefix}_predictions.npz"
+
+
+def inference_record(results: Sequence[Mapping[str, Any]], test: Sequence[Sample],
+                     description: ModelDescription) -> dict[str, Any]:
+    """Inference speed and size of a task's peer models together (times and parameters summed).
+
+    ``results``: the runners' result jsons, one per model; ``test``: the timed test split.
+    """
+    inference_s = sum(float(np.median(r["inference_times_s"])) for r in results)
+    test_atoms = sum(len(s.numbers) for s in test)
+    return {
+        "inference_structures_per_s": len(test) / inference_s,
+        "inference_atoms_per_s": test_atoms / inference_s,
+        "inference_time_s": inference_s,
+        "test_structures": len(test),
+        "test_atoms": test_atoms,
+        "num_parameters": sum(r["num_parameters"] for r in results),
+        "model": description.model,
+        "device": "cpu",
+        "torch_threads": results[0]["torch_threads"],
+        "inference_batch_size": results[0]["inference_batch_size"],
+        "inference_timing": description.inference_timing,
+        "versions": results[0]["versions"],
+        "notes": list(description.notes),
+        "models": list(results),
+    }
+
+
+@dataclass(frozen=True)
+class VenvPeer:
+    """A peer whose runner script runs in its own venv.
+
+    ``name``: the peer in messages and records ("MACE"); ``venv_name``: whose venv it is
+    ("SchNetPack"); ``runner``: the runner script; ``default_venv``: the venv unless
+    ``venv_env_var`` names another; ``setup_script``: what makes the venv (repo-relative);
+    ``default_lr``: the learning rate unless the budget sets one; ``describe``: the runners'
+    result jsons -> how the models are named in the record.
+    """
+
+    name: str
+    venv_name: str
+    runner: Path
+    default_venv: Path
+    venv_env_var: str
+    setup_script: str
+    default_lr: float
+    describe: Callable[[Sequence[Mapping[str, Any]]], ModelDescription]
+
+    def python(self, venv: Path | None = None) -> Path:
+        """The venv's python (which may not exist)."""
+        venv = venv or Path(os.environ.get(self.venv_env_var, self.default_venv))
+        return venv / "bin" / "python"
+
+    def available(self, venv: Path | None = None) -> tuple[bool, str]:
+        """Whether the venv is there, and if not, why (and how to make it)."""
+        python = self.python(venv)
+        if not python.exists():
+            return False, f"{self.venv_name} venv not found ({python}); run {self.setup_script}"
+        return True, ""
+
+    def write_extxyz(self, samples: Sequence[Sample], fields: Sequence[str], path: Path) -> None:
+        """Samples as extxyz, with each field's label under its REF_* key (tensorframe's units).
+
+        Per-atom fields (forces, atomic_dipole) as (atoms, 3) arrays, energy as a float, other
+        fields flattened row-major (polarizability: 9 values).
+
+        Raises:
+            ValueError: naming the structure and field when a label is missing.
+        """
+        import ase
+        import ase.io
+
+        frames = []
+        for index, sample in enumerate(samples):
+            atoms = ase.Atoms(numbers=sample.numbers, positions=sample.positions, cell=sample.cell, pbc=sample.pbc)
+            for name in fields:
+                if name not in sample.targets:
+                    raise ValueError(f"structure {index}: no label for field {name!r} ({self.name} needs every label)")
+                value = np.asarray(sample.targets[name], dtype=np.float64)
+                if name in ATOM_FIELDS:
+                    atoms.arrays[LABEL_KEYS[name]] = value.reshape(len(sample.numbers), 3)
+                elif name == "energy":
+                    atoms.info[LABEL_KEYS[name]] = float(value)
+                else:
+                    atoms.info[LABEL_KEYS[name]] = value.reshape(-1)  # polarizability: 9, row-major
+            frames.append(atoms)
+        ase.io.write(path, frames, format="extxyz")
+
+    def field_metrics(self, name: str, predicted: np.ndarray, samples: Sequence[Sample],
+                      elements: Sequence[int] | None = None) -> dict[str, Any]:
+        """tensorframe's metrics for one field.
+
+        ``predicted``: (rows, 3**rank) or anything that reshapes to it, rows the atoms or the
+        structures of ``samples`` in order; ``elements`` keeps only those atoms' rows.
+
+        Raises:
+            ValueError: when the row counts of prediction and test set differ.
+        """
+        from tensorframe.evaluate import FieldPairs, metrics
+        from tensorframe.registry import get_registry
+
+        spec = get_registry().items["field"][name]
+        per_row = 3 ** spec.rank
+        target = np.concatenate([np.asarray(s.targets[name], dtype=np.float64).reshape(-1, per_row)
+                                 for s in samples])
+        predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, per_row)
+        if predicted.shape != target.shape:
+            raise ValueError(f"field {name!r}: {self.name} returned {predicted.shape[0]} rows, "
+                             f"the test set has {target.shape[0]}")
+        if spec.level == "atom" and elements:
+            keep = np.isin(np.concatenate([s.numbers for s in samples]), list(elements))
+            predicted, target = predicted[keep], target[keep]
+        return metrics(FieldPairs(name, spec.level, spec.units, spec.rank, predicted, target, len(samples)))
+
+    def blocked(self, models: Sequence[RunnerModel], unsupported: Mapping[str, str],
+                venv: Path | None) -> dict[str, Any] | None:
+        """The record of a task the peer cannot run (no supported field, or no venv); None if it can."""
+        if not models:
+            return {"supported": False, "reason": unsupported_reason(unsupported),
+                    "unsupported_fields": dict(unsupported)}
+        ok, reason = self.available(venv)
+        if not ok:
+            return {"supported": False, "reason": reason}
+        return None
+
+    def run_model(self, task: Any, mode: str, model: RunnerModel, parts: Mapping[str, Sequence[Sample]],
+                  train_cfg: Mapping[str, Any], out_dir: Path, timeout: float, venv: Path | None) -> dict[str, Any]:
+        """Write one model's extxyz files and run.json, run the runner on them; its result json.
+
+        Raises:
+            RuntimeError: with the log's tail when the runner fails.
+        """
+        files = {}
+        for part, part_samples in parts.items():
+            files[part] = str(out_dir / f"{model.prefix}_{part}.xyz")
+            self.write_extxyz(part_samples, list(model.fields), Path(files[part]))
+        run = {"mode": mode, **({} if model.group is None else {"group": model.group}),
+               "fields": dict(model.fields), "files": files, "model": dict(model.spec), "train": dict(train_cfg),
+               "predictions": str(predictions_path(out_dir, model.prefix)),
+               "result": str(out_dir / f"{model.prefix}_result.json")}
+        config_path = out_dir / f"{model.prefix}_run.json"
+        config_path.write_text(json.dumps(run, indent=2))
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        proc = subprocess.run([str(self.python(venv)), str(self.runner), str(config_path)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        log_path = out_dir / f"{model.prefix}_log.txt"
+        log_path.write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            which = "" if model.group is None else f", model {model.group!r}"
+            raise RuntimeError(f"{self.name} runner failed for task {task.name!r}{which} "
+                               f"(rc {proc.returncode}); see {log_path}: " + " | ".join(tail))
+        return json.loads(Path(run["result"]).read_text())
+
+    def train_and_test(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
+                       budget: Mapping[str, Any], out_dir: Path, venv: Path | None,
+                       models: Sequence[RunnerModel], unsupported: Mapping[str, str]) -> dict[str, Any]:
+        """Train and test ``models`` on a task's splits, each with an equal share of the budget's time.
+
+        Returns ``supported``, ``reason``, ``unsupported_fields`` and, when supported,
+        ``fields`` ({field: metrics on the test split}), ``train_time_s`` (summed over models),
+        ``peak_memory_mib`` (their max), ``peak_memory_method`` and :func:`inference_record`'s keys.
+        """
+        blocked = self.blocked(models, unsupported, venv)
+        if blocked is not None:
+            return blocked
+        out_dir, parts = make_out_dir(out_dir), split_parts(samples, split)
+        train_cfg = runner_train_config(task, budget, default_lr=self.default_lr, num_models=len(models))
+        timeout = budget.get("timeout_s") or 3 * (train_cfg["max_time_s"] or 600) + 300
+        results, field_results = [], {}
+        for model in models:
+            result = self.run_model(task, "train", model, parts, train_cfg, out_dir, timeout, venv)
+            with np.load(predictions_path(out_dir, model.prefix)) as predictions:
+                for name in model.fields:
+                    elements = getattr(task, "metric_elements", {}).get(name)
+                    field_results[name] = self.field_metrics(name, predictions[name], parts["test"], elements)
+            results.append(result)
+        summary = inference_record(results, parts["test"], self.describe(results))
+        if len(results) > 1:
+            summary["notes"].append(f"{len(results)} {self.name} models, each with 1/{len(results)} of the time "
+                                    "budget; train time, parameters and inference time are their sums")
+        return {
+            "supported": True,
+            "reason": unsupported_reason(unsupported),
+            "unsupported_fields": unsupported,
+            "fields": field_results,
+            "train_time_s": sum(r["train_time_s"] for r in results),
+            "peak_memory_mib": max(r["peak_memory_mib"] for r in results),
+            "peak_memory_method": f"ru_maxrss of the {self.name} runner process (whole process, not a delta)",
+            **summary,
+        }
+
+    def time_untrained(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
+                       out_dir: Path, venv: Path | None, models: Sequence[RunnerModel],
+                       unsupported: Mapping[str, str], *, eval_batch_size: int, dtype: str,
+                       timeout_s: float) -> dict[str, Any]:
+        """Time ``models``' inference on the test split with their untrained weights (runner ``time`` mode).
+
+        Returns ``supported``, ``reason``, ``unsupported_fields`` and, when supported, ``fields``
+        (list of the fields whose models were timed) and :func:`inference_record`'s keys.
+        """
+        blocked = self.blocked(models, unsupported, venv)
+        if blocked is not None:
+            return blocked
+        out_dir, parts = make_out_dir(out_dir), split_parts(samples, split)
+        train_cfg = runner_train_config(task, {"epochs": 0, "eval_batch_size": eval_batch_size, "dtype": dtype},
+                                        default_lr=self.default_lr, num_models=len(models))
+        results = [self.run_model(task, "time", model, parts, train_cfg, out_dir, timeout_s, venv)
+                   for model in models]
+        summary = inference_record(results, parts["test"], self.describe(results))
+        summary["notes"].append(f"untrained {self.name} (seed {train_cfg['seed']}): inference speed does not depend "
+                                "on the weights")
+        if len(results) > 1:
+            summary["notes"].append(f"{len(results)} {self.name} models; parameters and inference time are their sums")
+        return {"supported": True, "reason": unsupported_reason(unsupported),
+                "fields": [name for model in models for name in model.fields],
+                "unsupported_fields": unsupported, **summary}
+
+
+__all__ = ["ATOM_FIELDS", "LABEL_KEYS", "REPO_ROOT", "ModelDescription", "RunnerModel", "VenvPeer",
+           "inference_record", "make_out_dir", "predictions_path", "runner_train_config", "split_parts",
+           "unsupported_reason"]
