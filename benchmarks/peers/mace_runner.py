@@ -46,23 +46,17 @@ sets one, weight decay 5e-7, ReduceLROnPlateau factor 0.8 patience 50), loss = s
 ``max_time_s`` (checked after each batch), keeping the weights of the best validation loss.
 Inference throughput (both modes): median of 3 timed passes over the test structures (neighbour
 lists, batching, forward; batches of ``eval_batch_size``) after one warm-up pass, one torch thread;
-under ``torch.no_grad()`` except the energy model, whose forces need autograd.
+under ``torch.no_grad()`` except the energy model, whose forces need autograd. The loop, loss,
+timing, seeding and file writing are ``runner_common.py``'s (shared with ``painn_runner.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.metadata
-import json
-import resource
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ase.io
 import numpy as np
 import torch
 
@@ -73,31 +67,26 @@ from mace import data as mace_data
 from mace import modules, tools
 from mace.tools import torch_geometric
 from e3nn import o3
+
+# runner_common.py lies beside this script, which runs as a script in the MACE venv (no package).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runner_common  # noqa: E402
 # isort: on
 
-LABEL_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "dipole": "REF_dipole",
-              "polarizability": "REF_polarizability", "atomic_dipole": "REF_atomic_dipole"}
-ATOM_FIELDS = ("forces", "atomic_dipole")
 OUTPUT_KEYS = {"energy": "energy", "forces": "forces", "dipole": "dipole",
                "polarizability": "polarizability", "atomic_dipole": "atomic_dipoles"}
 GROUP_FIELDS = {"energy": {"energy", "forces"}, "dipole": {"dipole"},
                 "dielectric": {"dipole", "polarizability"}, "atomic_dipole": {"atomic_dipole"}}
-MODES = ("train", "time")
-INFERENCE_REPEATS = 3  # timed passes (after one warm-up); the median is reported
 
 
 def read_configs(path: str, fields: list[str]) -> list[mace_data.Configuration]:
     """Configurations with the labels of ``fields`` (missing ones get weight 0)."""
     configs = []
-    for index, atoms in enumerate(ase.io.read(path, index=":", format="extxyz")):
+    for atoms, labels in runner_common.read_labelled(path, fields):
         properties: dict[str, Any] = {"total_charge": 0.0}
         weights: dict[str, float] = {}
-        for name in fields:
-            key = LABEL_KEYS[name]
-            source = atoms.arrays if name in ATOM_FIELDS else atoms.info
-            if key not in source:
-                raise ValueError(f"{path}: structure {index} has no {key!r} for field {name!r}")
-            value = np.asarray(source[key], dtype=np.float64)
+        for name, value in labels.items():
             properties[name] = value.reshape(3, 3) if name == "polarizability" else value
             weights[name] = 1.0
         configs.append(mace_data.Configuration(
@@ -159,66 +148,40 @@ def target(batch: Any, name: str) -> torch.Tensor:
     return value.view(-1, 3, 3) if name == "polarizability" else value
 
 
-def field_variances(graphs: list[Any], fields: list[str]) -> dict[str, float]:
-    """Variance of each field's training labels (all components), floored at 1e-12."""
-    out = {}
-    for name in fields:
-        values = torch.cat([target(g, name).reshape(-1) for g in graphs])
-        out[name] = max(float(values.var()) if values.numel() > 1 else 1.0, 1e-12)
-    return out
+def batch_loss(model: torch.nn.Module, group: str, batch: Any, weights: dict[str, float],
+               variances: dict[str, float], training: bool) -> torch.Tensor:
+    """The weighted, variance-normalised loss (``runner_common.weighted_loss``) of one batch."""
+    pred = forward(model, group, batch, training=training)
+    return runner_common.weighted_loss(lambda name: pred[OUTPUT_KEYS[name]] - target(batch, name), weights, variances)
 
 
-def loss_fn(pred: dict[str, torch.Tensor], batch: Any, weights: dict[str, float], variances: dict[str, float]) -> torch.Tensor:
-    total = torch.zeros((), dtype=torch.get_default_dtype())
-    for name, weight in weights.items():
-        if weight == 0:
-            continue
-        error = pred[OUTPUT_KEYS[name]] - target(batch, name)
-        total = total + weight * error.square().mean() / variances[name]
-    return total
-
-
-def evaluate_loss(model: torch.nn.Module, group: str, loader: Any, weights: dict[str, float],
-                  variances: dict[str, float]) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        with torch.set_grad_enabled(group == "energy"):
-            pred = forward(model, group, batch, training=False)
-        total += float(loss_fn(pred, batch, weights, variances).detach()) * batch.num_graphs
-        count += batch.num_graphs
-    return total / max(count, 1)
-
-
-def predict(model: torch.nn.Module, group: str, batches: list[Any], fields: list[str]) -> dict[str, np.ndarray]:
+def predict(run: PreparedRun) -> dict[str, np.ndarray]:
     """Test predictions per field, rows in file order (structures, or atoms for atom fields)."""
-    model.eval()
-    out: dict[str, list[np.ndarray]] = {name: [] for name in fields}
-    for batch in batches:
-        with torch.set_grad_enabled(group == "energy"):
-            pred = forward(model, group, batch, training=False)
-        for name in fields:
+    run.model.eval()
+    out: dict[str, list[np.ndarray]] = {name: [] for name in run.fields}
+    for batch in run.test_batches:
+        with torch.set_grad_enabled(run.group == "energy"):
+            pred = forward(run.model, run.group, batch, training=False)
+        for name in run.fields:
             out[name].append(pred[OUTPUT_KEYS[name]].detach().numpy().astype(np.float64))
     return {name: np.concatenate(values) for name, values in out.items()}
 
 
-def time_inference(model: torch.nn.Module, group: str, configs: list[mace_data.Configuration],
-                   z_table: tools.AtomicNumberTable, r_max: float, batch_size: int, repeats: int = 3) -> list[float]:
-    """Seconds per pass over ``configs`` (neighbour lists, batching and forward, as a user's
-    predict call does): one warm-up, then ``repeats`` timed passes."""
-    model.eval()
+def time_inference(run: PreparedRun) -> list[float]:
+    """Seconds per pass over the test configurations (neighbour lists, batching and forward, as a
+    user's predict call does): one warm-up, then ``runner_common.INFERENCE_REPEATS`` timed passes."""
+    model, group, r_max = run.model, run.group, run.spec["r_max"]
     grad = group == "energy"  # forces = -dE/dx need autograd
-    times = []
-    for rep in range(repeats + 1):
-        start = time.perf_counter()
-        graphs = [mace_data.AtomicData.from_config(c, z_table=z_table, cutoff=r_max) for c in configs]
-        for batch in torch_geometric.dataloader.DataLoader(graphs, batch_size=batch_size, shuffle=False):
+
+    def one_pass() -> None:
+        graphs = [mace_data.AtomicData.from_config(c, z_table=run.z_table, cutoff=r_max) for c in run.configs["test"]]
+        for batch in torch_geometric.dataloader.DataLoader(graphs, batch_size=run.eval_batch_size, shuffle=False):
             with torch.set_grad_enabled(grad):
                 pred = forward(model, group, batch, training=False)
                 del pred
-        if rep > 0:
-            times.append(time.perf_counter() - start)
-    return times
+
+    model.eval()
+    return runner_common.time_passes(one_pass)
 
 
 @dataclass
@@ -237,6 +200,7 @@ class PreparedRun:
     z_table: tools.AtomicNumberTable
     train_loader: Any
     test_batches: list[Any]
+    eval_batch_size: int
     avg_num_neighbors: float
     model: torch.nn.Module
 
@@ -260,9 +224,7 @@ def prepare(cfg: dict[str, Any]) -> PreparedRun:
     if unknown:
         raise ValueError(f"group {group!r} cannot learn {sorted(unknown)}; it learns {sorted(GROUP_FIELDS[group])}")
     spec, train_cfg = cfg["model"], cfg["train"]
-    torch.set_default_dtype(getattr(torch, train_cfg.get("dtype", "float32")))
-    tools.set_seeds(int(train_cfg["seed"]))
-    torch.set_num_threads(1)
+    runner_common.setup_torch(train_cfg)
 
     configs = {split: read_configs(path, fields) for split, path in cfg["files"].items()}
     z_table = tools.get_atomic_number_table_from_zs(
@@ -270,100 +232,57 @@ def prepare(cfg: dict[str, Any]) -> PreparedRun:
     graphs = {split: to_atomic_data(c, z_table, spec["r_max"], fields) for split, c in configs.items()}
     batch_size, eval_batch_size = int(train_cfg["batch_size"]), int(train_cfg["eval_batch_size"])
     train_loader = torch_geometric.dataloader.DataLoader(graphs["train"], batch_size=batch_size, shuffle=True, drop_last=False)
+    # iterating a DataLoader draws from torch's global RNG: keep this before the model's init
     test_batches = list(torch_geometric.dataloader.DataLoader(graphs["test"], batch_size=eval_batch_size, shuffle=False))
 
     avg_num_neighbors = modules.compute_avg_num_neighbors(train_loader)
     model = build_model(group, spec, z_table, avg_num_neighbors, configs["train"], fields, train_loader)
-    return PreparedRun(group, weights, spec, configs, graphs, z_table, train_loader, test_batches,
+    return PreparedRun(group, weights, spec, configs, graphs, z_table, train_loader, test_batches, eval_batch_size,
                        avg_num_neighbors, model)
 
 
 def train(run: PreparedRun, train_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Train ``run.model`` in place (ending with the best validation weights); what happened."""
+    """Train ``run.model`` in place (``runner_common.train_best_on_valid``) with MACE's optimizer."""
     model, group, weights = run.model, run.group, run.weights
-    valid_loader = torch_geometric.dataloader.DataLoader(run.graphs["valid"], batch_size=int(train_cfg["eval_batch_size"]),
+    valid_loader = torch_geometric.dataloader.DataLoader(run.graphs["valid"], batch_size=run.eval_batch_size,
                                                          shuffle=False)
-    variances = field_variances(run.graphs["train"], run.fields)
+    variances = runner_common.field_variances({name: [target(g, name) for g in run.graphs["train"]] for name in run.fields})
     # MACE's run_train defaults: Adam with amsgrad, lr 0.01, weight decay 5e-7, plateau factor 0.8
     optimizer = torch.optim.Adam(model.parameters(), lr=float(train_cfg["lr"]), amsgrad=True, weight_decay=5e-7)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.8, patience=50)
 
-    max_time = float(train_cfg["max_time_s"]) if train_cfg.get("max_time_s") else float("inf")
-    best_loss, best_state, epochs_done, stopped_by = float("inf"), None, 0, "epochs"
-    start = time.perf_counter()
-    for _ in range(int(train_cfg["epochs"])):
-        model.train()
-        for batch in run.train_loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(forward(model, group, batch, training=True), batch, weights, variances)
-            loss.backward()
-            optimizer.step()
-            if time.perf_counter() - start > max_time:
-                stopped_by = "max_time_s"
-                break
-        epochs_done += 1
-        valid_loss = evaluate_loss(model, group, valid_loader, weights, variances)
-        scheduler.step(valid_loss)
-        if valid_loss < best_loss:
-            best_loss = valid_loss
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if stopped_by == "max_time_s":
-            break
-    train_time = time.perf_counter() - start
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"train_time_s": train_time, "epochs_done": epochs_done, "stopped_by": stopped_by,
-            "best_valid_loss": best_loss}
+    def valid_loss() -> float:
+        return runner_common.mean_loss(model, valid_loader,
+                                       lambda b: batch_loss(model, group, b, weights, variances, False),
+                                       lambda b: b.num_graphs, grad=group == "energy")
+
+    return runner_common.train_best_on_valid(
+        model, optimizer, train_cfg, lambda: run.train_loader,
+        lambda b: batch_loss(model, group, b, weights, variances, True), valid_loss, scheduler)
 
 
-def inference_record(run: PreparedRun, eval_batch_size: int) -> dict[str, Any]:
+def inference_record(run: PreparedRun) -> dict[str, Any]:
     """Time inference on the test file (:func:`time_inference`) and describe the model and setup."""
-    times = time_inference(run.model, run.group, run.configs["test"], run.z_table, run.spec["r_max"], eval_batch_size,
-                           repeats=INFERENCE_REPEATS)
-    num_structures = len(run.graphs["test"])
-    num_atoms = sum(int(g.num_nodes) for g in run.graphs["test"])
-    median = statistics.median(times)
     return {
         "group": run.group,
         "model_class": type(run.model).__name__,
         "fields": run.fields,
-        "num_parameters": int(sum(p.numel() for p in run.model.parameters())),
+        "num_parameters": runner_common.num_parameters(run.model),
         "avg_num_neighbors": run.avg_num_neighbors,
-        "inference_times_s": times,
-        "inference_structures_per_s": num_structures / median,
-        "inference_atoms_per_s": num_atoms / median,
-        "inference_grad": run.group == "energy",
-        "inference_batch_size": eval_batch_size,
-        "inference_timing": f"median of {INFERENCE_REPEATS} passes after 1 warm-up; each pass builds the graphs "
-        "(neighbour lists), batches and runs the forward",
-        "torch_threads": torch.get_num_threads(),
-        "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
-        "device": "cpu",
-        "test_structures": num_structures,
-        "test_atoms": num_atoms,
-        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        **runner_common.timing_record(time_inference(run), structures=len(run.graphs["test"]),
+                                      atoms=sum(int(g.num_nodes) for g in run.graphs["test"]),
+                                      grad=run.group == "energy", batch_size=run.eval_batch_size,
+                                      each_pass="builds the graphs (neighbour lists), batches and runs the forward"),
         "model": run.spec,
-        "versions": {"mace-torch": importlib.metadata.version("mace-torch"), "torch": torch.__version__,
-                     "e3nn": importlib.metadata.version("e3nn"), "python": sys.version.split()[0]},
+        "versions": runner_common.versions("mace-torch", "e3nn"),
     }
 
 
+STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", type=Path)
-    args = parser.parse_args(argv)
-    cfg = json.loads(args.config.read_text())
-    mode = cfg.get("mode", "train")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
-    run = prepare(cfg)
-    result: dict[str, Any] = {"mode": mode}
-    if mode == "train":
-        result.update(train(run, cfg["train"]))
-        np.savez(cfg["predictions"], **predict(run.model, run.group, run.test_batches, run.fields))
-    result.update(inference_record(run, int(cfg["train"]["eval_batch_size"])))
-    Path(cfg["result"]).write_text(json.dumps(result, indent=2))
-    return 0
+    return runner_common.run_main(STEPS, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

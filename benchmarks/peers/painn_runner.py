@@ -38,7 +38,8 @@ default), batches of ``batch_size`` shuffled with the seed, loss = sum_f w_f * M
 weights. Inference (both modes): median of 3 timed passes over the test structures (neighbour
 lists, collation, forward; batches of ``eval_batch_size``) after one warm-up, one torch thread;
 with autograd when forces are a field, else under ``torch.no_grad()``. ``time`` mode builds the
-same model (same seed, same initial weights) and only times it.
+same model (same seed, same initial weights) and only times it. The loop, loss, timing, seeding
+and file writing are ``runner_common.py``'s (shared with ``mace_runner.py``).
 
 Compatibility shim (not a fork): SchNetPack 2.0.4's ``schnetpack/data/loader.py`` does
 ``from torch.utils.data.dataloader import _collate_fn_t, T_co``; torch 2.13 renamed the
@@ -48,18 +49,11 @@ type variable ``T_co`` to ``_T_co``. :func:`apply_torch_shims` binds the old nam
 
 from __future__ import annotations
 
-import argparse
-import importlib.metadata
-import json
-import resource
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ase.io
 import numpy as np
 import torch
 import torch.utils.data.dataloader as torch_dataloader
@@ -80,14 +74,20 @@ apply_torch_shims()
 import schnetpack as spk  # noqa: E402  (after the shim)
 from schnetpack import properties as spk_props  # noqa: E402
 from schnetpack.data.loader import _atoms_collate_fn  # noqa: E402  (schnetpack's own batch collation)
+
+# runner_common.py lies beside this script, which runs as a script in the SchNetPack venv (no package).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runner_common  # noqa: E402
 # isort: on
 
-LABEL_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "dipole": "REF_dipole",
-              "polarizability": "REF_polarizability"}
-ATOM_FIELDS = ("forces",)
-SUPPORTED_FIELDS = tuple(LABEL_KEYS)
-MODES = ("train", "time")
-INFERENCE_REPEATS = 3  # timed passes (after one warm-up); the median is reported
+SUPPORTED_FIELDS = ("energy", "forces", "dipole", "polarizability")
+STRUCTURE_LABEL_SHAPES = {"energy": (1,), "dipole": (1, 3), "polarizability": (1, 3, 3)}
+
+
+def label_shape(name: str, num_atoms: int) -> tuple[int, ...]:
+    """A label's shape in :class:`Structures` (forces: (num_atoms, 3); see STRUCTURE_LABEL_SHAPES)."""
+    return (num_atoms, 3) if name in runner_common.ATOM_FIELDS else STRUCTURE_LABEL_SHAPES[name]
 
 
 @dataclass
@@ -115,7 +115,7 @@ def read_structures(path: str, fields: list[str]) -> Structures:
     """
     dtype = torch.get_default_dtype()
     inputs, labels = [], {name: [] for name in fields}
-    for index, atoms in enumerate(ase.io.read(path, index=":", format="extxyz")):
+    for index, (atoms, values) in enumerate(runner_common.read_labelled(path, fields)):
         inputs.append({
             spk_props.idx: torch.tensor([index]),
             spk_props.Z: torch.tensor(atoms.get_atomic_numbers(), dtype=torch.long),
@@ -124,13 +124,8 @@ def read_structures(path: str, fields: list[str]) -> Structures:
             spk_props.pbc: torch.tensor(atoms.get_pbc()),
             spk_props.n_atoms: torch.tensor([len(atoms)]),
         })
-        for name in fields:
-            source = atoms.arrays if name in ATOM_FIELDS else atoms.info
-            if LABEL_KEYS[name] not in source:
-                raise ValueError(f"{path}: structure {index} has no {LABEL_KEYS[name]!r} for field {name!r}")
-            value = torch.tensor(np.asarray(source[LABEL_KEYS[name]], dtype=np.float64), dtype=dtype)
-            shape = {"energy": (1,), "forces": (len(atoms), 3), "dipole": (1, 3), "polarizability": (1, 3, 3)}[name]
-            labels[name].append(value.reshape(shape))
+        for name, value in values.items():
+            labels[name].append(torch.tensor(value, dtype=dtype).reshape(label_shape(name, len(atoms))))
     return Structures(inputs, labels)
 
 
@@ -191,6 +186,7 @@ class PreparedRun:
 
     weights: dict[str, float]
     spec: dict[str, Any]
+    eval_batch_size: int
     splits: dict[str, Structures]
     neighbours: dict[str, list[dict[str, torch.Tensor]]]
     energy_refs: torch.Tensor | None
@@ -216,10 +212,7 @@ def prepare(cfg: dict[str, Any]) -> PreparedRun:
     if unknown:
         raise ValueError(f"PaiNN runner cannot learn {sorted(unknown)}; it learns {list(SUPPORTED_FIELDS)}")
     spec, train_cfg = cfg["model"], cfg["train"]
-    torch.set_default_dtype(getattr(torch, train_cfg.get("dtype", "float32")))
-    torch.manual_seed(int(train_cfg["seed"]))
-    np.random.seed(int(train_cfg["seed"]))
-    torch.set_num_threads(1)
+    runner_common.setup_torch(train_cfg)
 
     fields = list(weights)
     splits = {split: read_structures(path, fields) for split, path in cfg["files"].items()}
@@ -232,26 +225,7 @@ def prepare(cfg: dict[str, Any]) -> PreparedRun:
                                            for x, e in zip(structures.inputs, structures.labels["energy"], strict=True)]
     neighbours = {split: with_neighbours(s.inputs, float(spec["cutoff"])) for split, s in splits.items()}
     model = build_model(fields, spec)
-    return PreparedRun(weights, spec, splits, neighbours, energy_refs, model)
-
-
-def field_variances(labels: dict[str, list[torch.Tensor]]) -> dict[str, float]:
-    """Variance of each field's training labels (all components), floored at 1e-12."""
-    out = {}
-    for name, values in labels.items():
-        flat = torch.cat([v.reshape(-1) for v in values])
-        out[name] = max(float(flat.var()) if flat.numel() > 1 else 1.0, 1e-12)
-    return out
-
-
-def loss_fn(pred: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], weights: dict[str, float],
-            variances: dict[str, float]) -> torch.Tensor:
-    total = torch.zeros((), dtype=torch.get_default_dtype())
-    for name, weight in weights.items():
-        if weight == 0:
-            continue
-        total = total + weight * (pred[name] - labels[name]).square().mean() / variances[name]
-    return total
+    return PreparedRun(weights, spec, int(train_cfg["eval_batch_size"]), splits, neighbours, energy_refs, model)
 
 
 def batches(count: int, size: int, generator: torch.Generator | None = None) -> list[list[int]]:
@@ -260,59 +234,38 @@ def batches(count: int, size: int, generator: torch.Generator | None = None) -> 
     return [order[i:i + size] for i in range(0, count, size)]
 
 
-def evaluate_loss(run: PreparedRun, split: str, batch_size: int, variances: dict[str, float]) -> float:
-    run.model.eval()
-    total, count = 0.0, 0
-    for rows in batches(len(run.neighbours[split]), batch_size):
-        inputs, labels = collate(run.neighbours[split], run.splits[split].labels, rows)
-        with torch.set_grad_enabled(run.needs_grad):
-            pred = run.model(inputs)
-        total += float(loss_fn(pred, labels, run.weights, variances).detach()) * len(rows)
-        count += len(rows)
-    return total / max(count, 1)
+def batch_loss(run: PreparedRun, split: str, rows: list[int], variances: dict[str, float]) -> torch.Tensor:
+    """The weighted, variance-normalised loss (``runner_common.weighted_loss``) of rows of a split."""
+    inputs, labels = collate(run.neighbours[split], run.splits[split].labels, rows)
+    pred = run.model(inputs)
+    return runner_common.weighted_loss(lambda name: pred[name] - labels[name], run.weights, variances)
 
 
 def train(run: PreparedRun, train_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Train ``run.model`` in place (ending with the best validation weights); what happened."""
-    variances = field_variances(run.splits["train"].labels)
+    """Train ``run.model`` in place (``runner_common.train_best_on_valid``) with Adam, batches
+    shuffled by a generator seeded with ``seed``."""
+    variances = runner_common.field_variances(run.splits["train"].labels)
     optimizer = torch.optim.Adam(run.model.parameters(), lr=float(train_cfg["lr"]))
     generator = torch.Generator().manual_seed(int(train_cfg["seed"]))
-    batch_size, eval_batch_size = int(train_cfg["batch_size"]), int(train_cfg["eval_batch_size"])
-    max_time = float(train_cfg["max_time_s"]) if train_cfg.get("max_time_s") else float("inf")
-    best_loss, best_state, epochs_done, stopped_by = float("inf"), None, 0, "epochs"
-    start = time.perf_counter()
-    for _ in range(int(train_cfg["epochs"])):
-        run.model.train()
-        for rows in batches(len(run.neighbours["train"]), batch_size, generator):
-            inputs, labels = collate(run.neighbours["train"], run.splits["train"].labels, rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(run.model(inputs), labels, run.weights, variances)
-            loss.backward()
-            optimizer.step()
-            if time.perf_counter() - start > max_time:
-                stopped_by = "max_time_s"
-                break
-        epochs_done += 1
-        valid_loss = evaluate_loss(run, "valid", eval_batch_size, variances)
-        if valid_loss < best_loss:
-            best_loss = valid_loss
-            best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-        if stopped_by == "max_time_s":
-            break
-    train_time = time.perf_counter() - start
-    if best_state is not None:
-        run.model.load_state_dict(best_state)
-    return {"train_time_s": train_time, "epochs_done": epochs_done, "stopped_by": stopped_by,
-            "best_valid_loss": best_loss}
+    batch_size = int(train_cfg["batch_size"])
+
+    def valid_loss() -> float:
+        return runner_common.mean_loss(run.model, batches(len(run.neighbours["valid"]), run.eval_batch_size),
+                                       lambda rows: batch_loss(run, "valid", rows, variances), len,
+                                       grad=run.needs_grad)
+
+    return runner_common.train_best_on_valid(
+        run.model, optimizer, train_cfg, lambda: batches(len(run.neighbours["train"]), batch_size, generator),
+        lambda rows: batch_loss(run, "train", rows, variances), valid_loss)
 
 
-def predict(run: PreparedRun, batch_size: int) -> dict[str, np.ndarray]:
+def predict(run: PreparedRun) -> dict[str, np.ndarray]:
     """Test predictions per field in file order: structures (energy: (S,), dipole: (S, 3),
     polarizability: (S, 3, 3)) or atoms (forces: (N, 3)); energies with their references added back."""
     run.model.eval()
     test = run.splits["test"]
     out: dict[str, list[np.ndarray]] = {name: [] for name in run.fields}
-    for rows in batches(len(test.inputs), batch_size):
+    for rows in batches(len(test.inputs), run.eval_batch_size):
         inputs, _ = collate(run.neighbours["test"], test.labels, rows)
         with torch.set_grad_enabled(run.needs_grad):
             pred = run.model(inputs)
@@ -324,71 +277,44 @@ def predict(run: PreparedRun, batch_size: int) -> dict[str, np.ndarray]:
     return {name: np.concatenate(values) for name, values in out.items()}
 
 
-def time_inference(run: PreparedRun, batch_size: int, repeats: int = INFERENCE_REPEATS) -> list[float]:
+def time_inference(run: PreparedRun) -> list[float]:
     """Seconds per pass over the test structures (neighbour lists, collation and forward, as a
-    user's predict call does): one warm-up, then ``repeats`` timed passes."""
-    run.model.eval()
+    user's predict call does): one warm-up, then ``runner_common.INFERENCE_REPEATS`` timed passes."""
     test = run.splits["test"]
-    times = []
-    for rep in range(repeats + 1):
-        start = time.perf_counter()
+
+    def one_pass() -> None:
         structures = with_neighbours(test.inputs, float(run.spec["cutoff"]))
-        for rows in batches(len(structures), batch_size):
+        for rows in batches(len(structures), run.eval_batch_size):
             with torch.set_grad_enabled(run.needs_grad):
                 pred = run.model(_atoms_collate_fn([structures[i] for i in rows]))
                 del pred
-        if rep > 0:
-            times.append(time.perf_counter() - start)
-    return times
+
+    run.model.eval()
+    return runner_common.time_passes(one_pass)
 
 
-def inference_record(run: PreparedRun, eval_batch_size: int) -> dict[str, Any]:
+def inference_record(run: PreparedRun) -> dict[str, Any]:
     """Time inference on the test file and describe the model and setup."""
-    times = time_inference(run, eval_batch_size)
     test = run.splits["test"]
-    median = statistics.median(times)
     heads = [type(m).__name__ for m in run.model.output_modules]
     return {
         "model_class": f"NeuralNetworkPotential(PaiNN; {', '.join(heads)})",
         "fields": run.fields,
-        "num_parameters": int(sum(p.numel() for p in run.model.parameters())),
-        "inference_times_s": times,
-        "inference_structures_per_s": len(test.inputs) / median,
-        "inference_atoms_per_s": test.num_atoms / median,
-        "inference_grad": run.needs_grad,
-        "inference_batch_size": eval_batch_size,
-        "inference_timing": f"median of {INFERENCE_REPEATS} passes after 1 warm-up; each pass builds the "
-        "neighbour lists (matscipy), collates and runs the forward",
-        "torch_threads": torch.get_num_threads(),
-        "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
-        "device": "cpu",
-        "test_structures": len(test.inputs),
-        "test_atoms": test.num_atoms,
-        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "num_parameters": runner_common.num_parameters(run.model),
+        **runner_common.timing_record(time_inference(run), structures=len(test.inputs), atoms=test.num_atoms,
+                                      grad=run.needs_grad, batch_size=run.eval_batch_size,
+                                      each_pass="builds the neighbour lists (matscipy), collates and runs the forward"),
         "model": run.spec,
         "shims": list(SHIMS_APPLIED),
-        "versions": {"schnetpack": importlib.metadata.version("schnetpack"), "torch": torch.__version__,
-                     "ase": importlib.metadata.version("ase"), "python": sys.version.split()[0]},
+        "versions": runner_common.versions("schnetpack", "ase"),
     }
 
 
+STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", type=Path)
-    args = parser.parse_args(argv)
-    cfg = json.loads(args.config.read_text())
-    mode = cfg.get("mode", "train")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
-    run = prepare(cfg)
-    result: dict[str, Any] = {"mode": mode}
-    eval_batch_size = int(cfg["train"]["eval_batch_size"])
-    if mode == "train":
-        result.update(train(run, cfg["train"]))
-        np.savez(cfg["predictions"], **predict(run, eval_batch_size))
-    result.update(inference_record(run, eval_batch_size))
-    Path(cfg["result"]).write_text(json.dumps(result, indent=2))
-    return 0
+    return runner_common.run_main(STEPS, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """A benchmark peer that lives in its own virtual environment, spoken to through files.
 
 Shared by ``mace_peer`` and ``painn_peer`` (each peer's runner script, e.g. ``mace_runner.py``,
-runs in the peer's venv and never imports tensorframe). Everything here runs in tensorframe's
+runs in the peer's venv and never imports tensorframe; what the runners share, the training
+loop, loss, timing and result files, is ``runner_common.py``, importing only torch, numpy and ase). Everything here runs in tensorframe's
 venv; one runner process per peer model, each with its file-name ``prefix`` in ``out_dir``:
 
     task splits -> {prefix}_{train,valid,test}.xyz (labels under REF_* keys, tensorframe's units)

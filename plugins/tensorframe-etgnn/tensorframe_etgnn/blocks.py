@@ -19,6 +19,21 @@ from tensorframe_etgnn.ops import gather_mul
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
 
+def activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place on ``x`` when autograd is off (inference: one pass over the tensor
+    and no new allocation). Only for temporaries that nothing else reads.
+
+    Shapes: x (...) -> (...)
+    """
+    if torch.is_grad_enabled():
+        return act(x)
+    if isinstance(act, nn.SiLU):
+        return nn.functional.silu(x, inplace=True)
+    if isinstance(act, nn.Tanh):
+        return x.tanh_()
+    return act(x)
+
+
 def make_activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
@@ -39,7 +54,9 @@ class ResidualLayer(nn.Module):
         self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.act(self.lin2(self.act(self.lin1(x))))
+        if torch.is_grad_enabled():
+            return x + self.act(self.lin2(self.act(self.lin1(x))))
+        return activate_(self.act, self.lin2(activate_(self.act, self.lin1(x)))).add_(x)
 
 
 def _bottleneck(num_in: int, basis_emb_size: int, num_out: int) -> nn.Sequential:
@@ -68,8 +85,14 @@ class EdgeEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         atoms = self.element(numbers)
         radial = self.act(self.radial(rbf))
-        messages = self.act(self.mix(torch.cat([atoms.index_select(0, idx_i), atoms.index_select(0, idx_j), radial], dim=-1)))
-        return messages, atoms, radial
+        # W [h_i, h_j, r] = W_i h_i + W_j h_j + W_r r: the atom terms are projected per atom and
+        # gathered, never an (E, 3 hidden) concatenation.
+        hidden = atoms.shape[-1]
+        weight = self.mix.weight
+        messages = torch.addmm(self.mix.bias, radial, weight[:, 2 * hidden :].t())
+        messages = messages + (atoms @ weight[:, :hidden].t()).index_select(0, idx_i)
+        messages = messages + (atoms @ weight[:, hidden : 2 * hidden].t()).index_select(0, idx_j)
+        return self.act(messages), atoms, radial
 
 
 class TripletEmbedding(nn.Module):
@@ -150,7 +173,7 @@ class EdgeUpdate(nn.Module):
         kj: torch.Tensor,
         ji: torch.Tensor,
     ) -> torch.Tensor:
-        x_ji = self.act(self.lin_ji(messages))
+        x_ji = activate_(self.act, self.lin_ji(messages))
         # Edges outside triplets neither send nor receive (up has no bias: up(0) = 0), so the
         # triplet path runs on ``edges`` only.
         short = messages.index_select(0, edges)
@@ -159,7 +182,7 @@ class EdgeUpdate(nn.Module):
         h = x_ji.index_add(0, edges, self.up(gathered))
         for layer in self.before_skip:
             h = layer(h)
-        h = self.act(self.lin(h)) + messages
+        h = activate_(self.act, self.lin(h)).add_(messages) if not torch.is_grad_enabled() else self.act(self.lin(h)) + messages
         for layer in self.after_skip:
             h = layer(h)
         return h

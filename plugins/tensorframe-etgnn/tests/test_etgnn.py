@@ -442,3 +442,19 @@ def test_triplet_messages_are_skipped_exactly_when_no_head_reads_them():
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], rtol=0, atol=0, msg=name)
     assert small_model(NAMED_HEADS).backbone.triplet_output is True
+
+
+def test_inference_without_autograd_matches_the_autograd_path():
+    """Without autograd ETGNN applies activations and residual additions in place; the outputs
+    must be those of the autograd path (which the gradient tests cover)."""
+    model = small_model(NAMED_HEADS).eval()
+    graph = model.make_graph([triclinic_crystal(), molecule(), rock_salt()])
+    with torch.enable_grad():
+        expected = model(graph)
+    with torch.no_grad():
+        actual = model(graph)
+    with torch.inference_mode():
+        in_inference_mode = model(graph)
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value.detach(), rtol=1e-13, atol=1e-13, msg=name)
+        torch.testing.assert_close(in_inference_mode[name], value.detach(), rtol=1e-13, atol=1e-13, msg=name)
