@@ -145,12 +145,18 @@ def task_section(name: str, task: dict[str, Any]) -> str:
             if r.get("inference_structures_per_s"):
                 if best.get("inference_structures_per_s"):
                     speed = _g(best["inference_structures_per_s"] / r["inference_structures_per_s"], 2)
+        epochs = _g(r.get("epochs"))
+        if r.get("epochs") is None and r.get("models"):  # a venv peer: epochs per model it trained
+            epochs = "/".join(_g(m.get("epochs_done")) for m in r["models"])
+        memory = _g(r.get("train_peak_memory_mib", r.get("peak_memory_mib")))
+        if "whole process" in str(r.get("peak_memory_method", "")):
+            memory += " ‡"
         table.append([r["name"], *[_g(f.get(k, {}).get("mae")) for k in fields],
                       *[_g(f.get(k, {}).get("rmse")) for k in fields],
-                      _g(r.get("epochs")) + (" †" if str(r.get("evaluated_checkpoint", "")).startswith("last") else ""),
+                      epochs + (" †" if str(r.get("evaluated_checkpoint", "")).startswith("last") else ""),
                       _g(train_throughput(r, sizes["train"])), _g(r.get("inference_structures_per_s")),
                       _g(r.get("inference_atoms_per_s")),
-                      _g(r.get("train_peak_memory_mib", r.get("peak_memory_mib"))), _g(r.get("num_parameters")),
+                      memory, _g(r.get("num_parameters")),
                       ratio, speed])
     lines += [markdown_table(header, table), ""]
     units = ", ".join(f"{k} in {v['units'] or '(as stored)'}" for k, v in
@@ -160,6 +166,9 @@ def task_section(name: str, task: dict[str, Any]) -> str:
     if any(str(r.get("evaluated_checkpoint", "")).startswith("last") for r in task.get("backbones", {}).values()):
         lines += ["† no epoch finished within the time budget: the model was evaluated as it stood when time ran "
                   "out (last.pt), without a validation-selected checkpoint.", ""]
+    if any("whole process" in str(r.get("peak_memory_method", "")) for r in task.get("peers", {}).values()):
+        lines += ["‡ peak resident memory of the peer's whole runner process (its own venv), not the growth "
+                  "during training: not comparable with the other rows.", ""]
     if notes:
         lines += ["Not run:", *notes, ""]
     b = task.get("bar", {})
