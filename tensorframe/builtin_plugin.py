@@ -7,12 +7,18 @@ from tensorframe.fields import BUILTIN_FIELDS, FieldSpec
 from tensorframe.heads.named import (
     BornHeadConfig,
     DielectricHeadConfig,
+    DipoleHeadConfig,
     ForceHeadConfig,
+    HyperpolarizabilityHeadConfig,
     PiezoHeadConfig,
+    PolarizabilityHeadConfig,
     build_born_head,
     build_dielectric_head,
+    build_dipole_head,
     build_force_head,
+    build_hyperpolarizability_head,
     build_piezo_head,
+    build_polarizability_head,
 )
 from tensorframe.heads.scalar import ScalarHeadConfig, build_scalar_head
 from tensorframe.heads.tensor import TensorHeadConfig, build_tensor_head
@@ -39,9 +45,17 @@ def tensorframe_register_backbones() -> list[BackboneSpec]:
 def tensorframe_register_heads() -> list[HeadSpec]:
     return [
         HeadSpec("force", ForceHeadConfig, build_force_head, "forces, F_j = sum_k t_kj e_kj (Eq. 3)"),
-        HeadSpec("born", BornHeadConfig, build_born_head, "Born charges, edge + triplet terms (Eq. 4-6)"),
-        HeadSpec("dielectric", DielectricHeadConfig, build_dielectric_head, "dielectric tensor, mean of e(x)e terms (Eq. 7)"),
-        HeadSpec("piezo", PiezoHeadConfig, build_piezo_head, "piezoelectric tensor, rank-3 products (Eq. 8)"),
+        HeadSpec("born", BornHeadConfig, build_born_head,
+                 "Born charges: edge + triplet terms (Eq. 4-6), identity per atom, c(x)c per triplet"),
+        HeadSpec("dielectric", DielectricHeadConfig, build_dielectric_head,
+                 "dielectric tensor: mean of e(x)e terms (Eq. 7) and identity per atom"),
+        HeadSpec("piezo", PiezoHeadConfig, build_piezo_head,
+                 "piezoelectric tensor: rank-3 products (Eq. 8), delta.a and c(x)c(x)a placements"),
+        HeadSpec("dipole", DipoleHeadConfig, build_dipole_head, "molecular dipole; optional charge-flow term"),
+        HeadSpec("polarizability", PolarizabilityHeadConfig, build_polarizability_head,
+                 "polarizability (extensive, symmetric); optional charge-flow term"),
+        HeadSpec("hyperpolarizability", HyperpolarizabilityHeadConfig, build_hyperpolarizability_head,
+                 "first hyperpolarizability beta_ijk, symmetric in j, k"),
         HeadSpec("scalar", ScalarHeadConfig, build_scalar_head, "scalar per atom or structure (energy, ...)"),
         HeadSpec("tensor", TensorHeadConfig, build_tensor_head, "any rank 1-4 tensor with an e3nn symmetry formula"),
     ]

@@ -14,7 +14,10 @@ import torch
 
 from tensorframe.model import TensorModel, build_model
 
-FORMAT = "tensorframe-checkpoint/1"
+FORMAT = "tensorframe-checkpoint/2"
+# Format 1 predates the complete word sets: its heads were built with products of edge
+# directions only, which is ``basis: paper`` today.
+LEGACY_FORMATS = ("tensorframe-checkpoint/1",)
 
 
 class CheckpointError(ValueError):
@@ -86,7 +89,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: not a loadable tensorframe checkpoint (truncated, corrupted, or it holds objects "
             f"that weights_only loading refuses): {type(error).__name__}: {str(error).splitlines()[0]}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, *LEGACY_FORMATS):
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: expected a checkpoint of format {FORMAT!r}, found {found!r}")
     return payload
@@ -95,7 +98,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_model(path: str | Path, map_location: str | torch.device | None = None) -> TensorModel:
     """The model saved in a checkpoint, in eval mode, on ``map_location`` (default CPU)."""
     payload = load_checkpoint(path)
-    model = build_model(payload["model_config"])
+    config = payload["model_config"]
+    if payload["format"] in LEGACY_FORMATS:
+        config = _with_paper_basis(config)
+    model = build_model(config)
     model = model.to(dtype=getattr(torch, payload.get("dtype", "float32")))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
@@ -104,3 +110,21 @@ def load_model(path: str | Path, map_location: str | torch.device | None = None)
     if map_location is not None:
         model = model.to(map_location)
     return model.eval()
+
+
+def _with_paper_basis(config: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 model config with ``basis: paper`` on every head that has the option."""
+    from tensorframe.registry import get_registry
+
+    registry = get_registry()
+    heads = []
+    for head in config.get("heads", []):
+        head = dict(head)
+        try:
+            options = registry.get("head", head.get("name")).config.model_fields
+        except Exception:  # noqa: BLE001 - an unknown head is reported by build_model
+            options = {}
+        if "basis" in options and "basis" not in head:
+            head["basis"] = "paper"
+        heads.append(head)
+    return {**config, "heads": heads}

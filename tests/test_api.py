@@ -234,7 +234,7 @@ def test_unknown_head_option_names_its_path_and_the_heads_options():
     )
     assert message.startswith("heads[1].acoustic_sum_rul: unknown option")
     assert "did you mean 'acoustic_sum_rule'" in message
-    assert "valid options: acoustic_sum_rule, hidden" in message
+    assert "valid options: acoustic_sum_rule, basis, hidden" in message
 
 
 def test_unknown_backbone_and_lifting_options_name_their_paths():

@@ -20,7 +20,16 @@ from hypothesis import strategies as st
 
 from tensorframe.fields import FieldSpec
 from tensorframe.heads.tensor import CartesianTensorHead
-from tensorframe.ops.basis import default_edge_words, default_triplet_words, word_parity, word_product
+from tensorframe.ops.basis import (
+    canonical_word,
+    complete_words,
+    default_edge_words,
+    default_triplet_words,
+    isotropic_embedding,
+    weighted_word_sum,
+    word_parity,
+    word_product,
+)
 from tensorframe.ops.symmetry import formula_rank, subspace_dim, symmetric_projector
 from tensorframe.registry import get_registry
 from tensorframe.specs import FeatureDims
@@ -225,17 +234,25 @@ def test_rank_four_needs_words_with_two_axial_letters():
     assert _environment_span("ijkl", ("aaaa",), default_triplet_words(4, 1), seed=7) == 81
 
 
+PAPER = {"force": ((), ("a",), ()), "born": ((), ("aa",), ("ab",)), "dielectric": ((), ("aa",), ()),
+         "piezo": ((), ("aaa",), ("abb",))}
+COMPLETE = {"force": ((), ("a",), ()), "born": (("II",), ("aa",), ("ab", "cc")), "dielectric": (("II",), ("aa",), ()),
+            "piezo": ((), ("aaa", "IIa", "aII"), ("abb", "cca", "acc"))}
+
+
+@pytest.mark.parametrize("basis, expected", [("paper", PAPER), ("complete", COMPLETE)])
 @pytest.mark.parametrize(
     "head, formula, dim",
     [("force", "i", 3), ("born", "ij", 9), ("dielectric", "ij=ji", 6), ("piezo", "ijk=ikj", 18)],
 )
-def test_named_heads_span_their_fields(head: str, formula: str, dim: int):
+def test_named_heads_span_their_fields(head: str, formula: str, dim: int, basis: str, expected: dict):
+    """``basis: paper`` is exactly Eqs. 3-8; the complete default adds identity words per atom
+    (rank 2) and per edge (rank 3) and normal-direction triplet words."""
     spec = get_registry().get("head", head)
-    built = spec.build(spec.config(), DIMS)
+    built = spec.build(spec.config(basis=basis), DIMS)
     assert built.field.symmetry == formula and subspace_dim(formula) == dim
-    expected_words = {"force": ("a",), "born": ("aa", "ab"), "dielectric": ("aa",), "piezo": ("aaa", "abb")}[head]
-    assert built.edge_words + built.triplet_words == expected_words
-    assert _environment_span(formula, built.edge_words, built.triplet_words, seed=11) == dim
+    assert (built.atom_words, built.edge_words, built.triplet_words) == expected[head]
+    assert _environment_span(formula, built.atom_words + built.edge_words, built.triplet_words, seed=11) == dim
 
 
 def test_span_check_can_fail():
@@ -276,6 +293,8 @@ def _all_default_words() -> list[str]:
     words = set()
     for rank, parity in itertools.product(range(1, 5), (1, -1)):
         words |= set(default_edge_words(rank, parity)) | set(default_triplet_words(rank, parity))
+        formula = "ijkl"[:rank]
+        words |= set(complete_words(formula, parity).all)
     return sorted(words)
 
 
@@ -312,3 +331,53 @@ def test_word_product_is_the_outer_product():
     with pytest.raises(ValueError, match="letter 'b' is not available"):
         word_product("ab", a)
     assert np.isclose(float(word_product("cc", a, b).reshape(3, 3).trace()), float(c.norm() ** 2))
+
+
+# ---------------------------------------------------------------- identity words and word sets
+
+
+def test_identity_words_are_delta_products():
+    """``"IaI"`` is delta_ik a_j, ``"IJIJ"`` is delta_ik delta_jl, ``"II"`` the identity."""
+    a = torch.tensor([[0.3, -1.2, 0.7]], dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(word_product("II", a), eye.reshape(1, 9))
+    torch.testing.assert_close(word_product("IaI", a), torch.einsum("ik,j->ijk", eye, a[0]).reshape(1, -1))
+    torch.testing.assert_close(word_product("aII", a), torch.einsum("jk,i->ijk", eye, a[0]).reshape(1, -1))
+    torch.testing.assert_close(word_product("IJIJ", a), torch.einsum("ik,jl->ijkl", eye, eye).reshape(1, -1))
+    torch.testing.assert_close(word_product("IaaI", a), torch.einsum("il,j,k->ijkl", eye, a[0], a[0]).reshape(1, -1))
+    assert isotropic_embedding("IIa").shape == (3, 27)
+    with pytest.raises(ValueError, match="must appear exactly twice"):
+        word_product("IIIa", a)
+
+
+def test_canonical_words_follow_the_formula():
+    assert canonical_word("aab", "ijk=ikj") == canonical_word("aba", "ijk=ikj")
+    assert canonical_word("aab", "ijk") != canonical_word("aba", "ijk")
+    assert canonical_word("IaI", "ijk=ikj") == canonical_word("IIa", "ijk=ikj")
+    assert canonical_word("IJJI", "ijkl=jikl=ijlk=klij") == canonical_word("IJIJ", "ijkl=jikl=ijlk=klij")
+
+
+@pytest.mark.parametrize("parity", [1, -1], ids=["even", "odd"])
+@pytest.mark.parametrize("formula", SUPPORTED)
+def test_complete_words_keep_the_generic_span_and_drop_duplicates(formula: str, parity: int):
+    """The complete words reach what the paper's words reach on a generic environment (never
+    less), and no two of them coincide after projection onto the formula."""
+    words = complete_words(formula, parity)
+    paper_span = _environment_span(formula, default_edge_words(formula_rank(formula), parity),
+                                   default_triplet_words(formula_rank(formula), parity), seed=7)
+    assert _environment_span(formula, words.atom + words.edge, words.triplet, seed=7) == paper_span
+    for group in (words.atom, words.edge, words.triplet):
+        keys = [canonical_word(w, formula) for w in group]
+        assert len(keys) == len(set(keys))
+    assert all(word_parity(w) == parity for w in words.all)
+
+
+def test_factored_word_sum_equals_the_sum_of_products():
+    """The head's factored evaluation (by leading letter) is the plain sum of coefficient x word."""
+    generator = torch.Generator().manual_seed(5)
+    a = torch.randn(7, 3, generator=generator, dtype=torch.float64)
+    b = torch.randn(7, 3, generator=generator, dtype=torch.float64)
+    for words in (("ab", "cc"), ("aab", "abb", "cca", "acc", "aba", "cac"), complete_words("ijkl", 1).triplet, ("a",)):
+        coefficients = torch.randn(7, len(words), generator=generator, dtype=torch.float64)
+        expected = sum(coefficients[:, w : w + 1] * word_product(word, a, b) for w, word in enumerate(words))
+        torch.testing.assert_close(weighted_word_sum(words, coefficients, a, b), expected, rtol=1e-12, atol=1e-12)

@@ -25,7 +25,8 @@ from tensorframe.registry import KINDS, PluginProblem, build_registry, get_regis
 
 BUILTINS = {
     "backbone": {"reference"},
-    "head": {"force", "born", "dielectric", "piezo", "scalar", "tensor"},
+    "head": {"force", "born", "dielectric", "piezo", "dipole", "polarizability", "hyperpolarizability", "scalar",
+             "tensor"},
     "field": {"energy", "forces", "dipole", "born_charges", "dielectric", "polarizability", "piezo",
               "hyperpolarizability", "piezo_strain", "elastic", "virial", "atomic_dipole",
               "atomic_polarizability", "nmr_shielding"},

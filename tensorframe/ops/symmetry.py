@@ -45,7 +45,8 @@ def formula_rank(formula: str) -> int:
 
 
 @functools.cache
-def _symmetry_group(formula: str) -> tuple[tuple[tuple[int, ...], int], ...]:
+def symmetry_group(formula: str) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Every (index permutation, sign) that the formula's relations generate, identity included."""
     base, generators = parse_formula(formula)
     identity = (tuple(range(len(base))), 1)
     group = {identity}
@@ -66,7 +67,7 @@ def _projector_numpy(formula: str) -> np.ndarray:
     size = 3**rank
     grid = np.arange(size).reshape((3,) * rank)
     projector = np.zeros((size, size))
-    group = _symmetry_group(formula)
+    group = symmetry_group(formula)
     for perm, sign in group:
         # (P_g T)[idx] = sign * T[idx permuted]: a signed permutation matrix.
         permuted = np.transpose(grid, perm).reshape(-1)
