@@ -60,8 +60,11 @@ def e3nn_predictor(task: Task, samples: Sequence[Sample], split: dict[str, list[
     asr = [name for name, head in _head_options(task.heads).items() if head.get("acoustic_sum_rule") and name in fields]
     torch.manual_seed(0)
     model = build_peer(fields, samples, split["train"], task.cutoff, asr).eval()
-    predictor = GraphPredictor(model, fields, make_graph_fn(task.cutoff, torch.float32, torch.device("cpu"),
-                                                            getattr(task, "max_neighbors", None)))
+    from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE
+
+    make_graph = make_graph_fn(task.cutoff, torch.float32, torch.device("cpu"), getattr(task, "max_neighbors", None),
+                               getattr(task, "neighbor_shell_tolerance", DEFAULT_SHELL_TOLERANCE))
+    predictor = GraphPredictor(model, fields, make_graph)
     return (lambda batch: predictor.predict(batch, BATCH)), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

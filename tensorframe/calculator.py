@@ -72,7 +72,8 @@ class TensorframeCalculator(Calculator):
             if self.forces_from_energy:
                 positions = positions.clone().requires_grad_(True)
             graph = build_graph([sample], settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
-                                dtype=reference.dtype, device=reference.device, positions=positions)
+                                dtype=reference.dtype, device=reference.device, positions=positions,
+                                shell_tolerance=settings.neighbor_shell_tolerance)
             outputs = model(graph)
             forces = None
             if self.forces_from_energy:

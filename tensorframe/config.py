@@ -18,6 +18,8 @@ from pydantic import (
     field_validator,
 )
 
+from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE
+
 
 class ConfigError(ValueError):
     """A configuration mistake, naming the field path and, where there are any, the valid choices."""
@@ -55,7 +57,17 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cutoff: PositiveFloat = 5.0
     triplet_cutoff: PositiveFloat | None = Field(default=None, description="default: the cutoff")
-    max_neighbors: PositiveInt | None = None
+    max_neighbors: PositiveInt | None = Field(
+        default=None,
+        description="cap per atom: the K nearest neighbours plus the rest of the K-th shell (whole shells, "
+        "so exact under rotations and permutations; the count may exceed K); default: no cap",
+    )
+    neighbor_shell_tolerance: PositiveFloat = Field(
+        default=DEFAULT_SHELL_TOLERANCE,
+        allow_inf_nan=False,
+        description="Å; with max_neighbors, neighbours at most this much farther than the K-th nearest count "
+        "as its shell and are kept too",
+    )
     backbone: PluginChoice
     heads: list[PluginChoice] = Field(min_length=1)
     lifting: LiftingConfig = LiftingConfig()

@@ -47,7 +47,8 @@ class TensorModel(nn.Module):
 
     @property
     def graph_settings(self) -> GraphSettings:
-        return GraphSettings(self.config.cutoff, self.config.effective_triplet_cutoff, self.config.max_neighbors)
+        return GraphSettings(self.config.cutoff, self.config.effective_triplet_cutoff, self.config.max_neighbors,
+                             self.config.neighbor_shell_tolerance)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -73,6 +74,7 @@ class TensorModel(nn.Module):
         return build_graph(
             samples, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
             dtype=reference.dtype, device=device if device is not None else reference.device,
+            shell_tolerance=settings.neighbor_shell_tolerance,
         )
 
     @torch.no_grad()
@@ -122,7 +124,8 @@ def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None 
         backbone_spec = registry.get("backbone", config.backbone.name)
     except PluginError as error:
         raise ConfigError(f"backbone.name: {error}") from None
-    settings = GraphSettings(config.cutoff, config.effective_triplet_cutoff, config.max_neighbors)
+    settings = GraphSettings(config.cutoff, config.effective_triplet_cutoff, config.max_neighbors,
+                             config.neighbor_shell_tolerance)
     backbone = backbone_spec.build(_validate_options(backbone_spec.config, config.backbone.options, "backbone"), settings)
     dims: FeatureDims = backbone.feature_dims
     lift_dims = dims if dims.triplet is not None else replace(dims, triplet=config.lifting.out_dim)

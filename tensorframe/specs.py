@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE
+
 if TYPE_CHECKING:
     from tensorframe.backbones.base import Backbone
     from tensorframe.heads.base import Head
@@ -32,11 +34,17 @@ class FeatureDims:
 
 @dataclass(frozen=True)
 class GraphSettings:
-    """The neighbour-list settings a model was built with (Å)."""
+    """The neighbour-list settings a model was built with (Å).
+
+    ``max_neighbors`` caps each atom by whole shells: the K nearest plus every neighbour at
+    most ``neighbor_shell_tolerance`` farther than the K-th (see
+    :func:`tensorframe.graph.neighbor_list`).
+    """
 
     cutoff: float
     triplet_cutoff: float
     max_neighbors: int | None = None
+    neighbor_shell_tolerance: float = DEFAULT_SHELL_TOLERANCE
 
 
 @dataclass(frozen=True)

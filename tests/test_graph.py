@@ -9,6 +9,7 @@ has ``edge_vec = r_i - (r_j + shift @ cell)``, while ase's ``D`` is ``r_j + S @ 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import ase
@@ -19,7 +20,21 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import tensorframe as tf
+import tensorframe.graph.collate as collate
 from tensorframe.graph import build_graph
+from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE, NeighborList, neighbor_list
+from tensorframe.testing import (
+    assert_equivariant,
+    assert_neumann,
+    assert_permutation_invariant,
+    point_group_operations,
+    rock_salt,
+    rotate_sample,
+    tetragonal_perovskite,
+    wurtzite,
+)
+from tensorframe.testing import strategies as tfst
 from tensorframe.types import Sample
 
 # An edge whose length is this close to the cutoff may be kept by one implementation and
@@ -250,22 +265,258 @@ def test_batch_equals_singles_with_offsets(first: Sample, second: Sample, cutoff
             assert batched[(kj + offset, ji + offset)] == cos
 
 
+def _around(nl: NeighborList, centre: int) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    rows = np.flatnonzero(nl.idx_i == centre)
+    return _edge_keys(nl.idx_i[rows], nl.idx_j[rows], nl.cell_shift[rows]), nl.length[rows]
+
+
 @settings(deadline=None)
-@given(sample=structures(), cutoff=st.floats(1.5, 4.0), max_neighbors=st.integers(1, 8))
-def test_max_neighbors_keeps_the_nearest(sample: Sample, cutoff: float, max_neighbors: int):
-    full = _graph64([sample], cutoff, triplet_cutoff=0.1)
-    capped = _graph64([sample], cutoff, triplet_cutoff=0.1, max_neighbors=max_neighbors)
+@given(
+    sample=tfst.structures(),
+    cutoff=st.floats(2.0, 5.0),
+    max_neighbors=st.integers(1, 40),
+    tolerance=st.sampled_from([DEFAULT_SHELL_TOLERANCE, 1e-6, 0.05]),
+)
+def test_max_neighbors_keeps_whole_shells(sample: Sample, cutoff: float, max_neighbors: int, tolerance: float):
+    """Per centre, the kept set is exactly {distance <= d_K + tolerance} with d_K the K-th
+    smallest distance (an order statistic): it holds the K nearest, and every neighbour tied
+    with one of them is kept too (a shell is never split), in the canonical edge order."""
+    full = neighbor_list(sample, cutoff)
+    capped = neighbor_list(sample, cutoff, max_neighbors, tolerance)
     all_keys = _edge_keys(full.idx_i, full.idx_j, full.cell_shift)
     kept_keys = _edge_keys(capped.idx_i, capped.idx_j, capped.cell_shift)
-    assert set(kept_keys) <= set(all_keys)
-    full_len = dict(zip(all_keys, full.edge_len.tolist(), strict=True))
+    position = {key: e for e, key in enumerate(all_keys)}
+    assert [position[key] for key in kept_keys] == sorted(position[key] for key in kept_keys), "canonical order lost"
+    assert np.array_equal(capped.length, full.length[[position[key] for key in kept_keys]])
     for centre in range(sample.num_atoms):
-        around = [k for k in all_keys if k[0] == centre]
-        kept = [k for k in kept_keys if k[0] == centre]
-        assert len(kept) == min(max_neighbors, len(around))
-        dropped = set(around) - set(kept)
-        if kept and dropped:
-            assert max(full_len[k] for k in kept) <= min(full_len[k] for k in dropped)
+        keys, lengths = _around(full, centre)
+        kept = set(_around(capped, centre)[0])
+        if not keys:
+            assert not kept
+            continue
+        d_k = np.sort(lengths)[min(max_neighbors, len(keys)) - 1]
+        assert kept == {k for k, d in zip(keys, lengths, strict=True) if d <= d_k + tolerance}
+        assert len(kept) >= min(max_neighbors, len(keys))
+        assert {k for k, d in zip(keys, lengths, strict=True) if d <= d_k} <= kept, "one of the K nearest dropped"
+        dropped = [d for k, d in zip(keys, lengths, strict=True) if k not in kept]
+        if dropped:
+            assert min(dropped) > d_k + tolerance
+            # No dropped neighbour is tied (to round-off) with one of the K nearest.
+            nearest = lengths[lengths <= d_k]
+            assert np.abs(np.asarray(dropped)[:, None] - nearest[None, :]).min() > 1e-9
+
+
+@settings(deadline=None)
+@given(
+    sample=tfst.structures(),
+    cutoff=st.floats(2.0, 5.0),
+    max_neighbors=st.integers(1, 40),
+    rotation=tfst.orthogonal_matrices(),
+    data=st.data(),
+)
+def test_max_neighbors_ignores_atom_order_and_orientation(sample, cutoff, max_neighbors, rotation, data):
+    """The capped edge set (i, j, shift) of a rotated (or reflected), permuted structure is the
+    original one relabelled: nothing depends on atom order or orientation."""
+    permutation = np.asarray(data.draw(st.permutations(range(sample.num_atoms))))
+    moved = Sample(sample.numbers[permutation], sample.positions[permutation] @ rotation.T, sample.cell @ rotation.T,
+                   sample.pbc)
+    before = neighbor_list(sample, cutoff, max_neighbors)
+    after = neighbor_list(moved, cutoff, max_neighbors)
+    relabelled = _edge_keys(permutation[after.idx_i], permutation[after.idx_j], after.cell_shift)
+    assert Counter(relabelled) == Counter(_edge_keys(before.idx_i, before.idx_j, before.cell_shift))
+
+
+def _fcc(a: float = 3.61) -> Sample:
+    return Sample([29], [[0.0, 0.0, 0.0]], 0.5 * a * np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]),
+                  [True, True, True])
+
+
+@pytest.mark.parametrize("max_neighbors, kept", [(1, 12), (8, 12), (12, 12), (13, 18), (18, 18), (19, 42)])
+def test_max_neighbors_counts_whole_fcc_shells(max_neighbors, kept):
+    """fcc shells hold 12, 6, 24 atoms: a cap inside a shell keeps all of it (more than K)."""
+    assert neighbor_list(_fcc(), 5.2, max_neighbors).idx_i.size == kept
+
+
+def test_shell_tolerance_merges_nearly_equal_distances():
+    """Neighbours 1.0 and 1.0005 Å away are one shell at the default tolerance, two at 1e-4 Å."""
+    sample = Sample([1, 1, 1], [[0, 0, 0], [1.0, 0, 0], [0, 1.0005, 0]])
+    for tolerance, kept in ((DEFAULT_SHELL_TOLERANCE, [1, 2]), (1e-4, [1])):
+        nl = neighbor_list(sample, 3.0, 1, shell_tolerance=tolerance)
+        assert nl.idx_j[nl.idx_i == 0].tolist() == kept
+
+
+@pytest.mark.parametrize("tolerance", [0.0, -1e-3, float("nan"), float("inf")])
+def test_bad_shell_tolerance_is_an_error(tolerance):
+    sample = Sample([1, 1], [[0, 0, 0], [1, 0, 0]])
+    with pytest.raises(ValueError, match=r"shell_tolerance: expected a positive, finite number of Å"):
+        neighbor_list(sample, 2.0, 4, shell_tolerance=tolerance)
+    with pytest.raises(ValueError, match=r"structure 0: shell_tolerance"):
+        build_graph([sample], 2.0, max_neighbors=4, shell_tolerance=tolerance)
+
+
+@pytest.mark.parametrize("max_neighbors", [0, -2])
+def test_non_positive_max_neighbors_is_an_error(max_neighbors):
+    sample = Sample([1, 1], [[0, 0, 0], [1, 0, 0]])
+    with pytest.raises(ValueError, match=r"max_neighbors: expected a positive integer"):
+        neighbor_list(sample, 2.0, max_neighbors)
+
+
+# ---------------------------------------------------------------- the cap in crystals with degenerate shells
+
+
+def _bcc(a: float = 2.87) -> Sample:
+    """bcc iron in its conventional cubic cell (2 atoms): shells of 8, 6, 12, 24, 8, ... atoms."""
+    return Sample([26, 26], [[0.0, 0.0, 0.0], [a / 2, a / 2, a / 2]], np.eye(3) * a, [True, True, True])
+
+
+CRYSTALS = {"rock_salt": rock_salt, "wurtzite": wurtzite, "tetragonal_perovskite": tetragonal_perovskite, "bcc": _bcc}
+
+
+@functools.cache
+def _capped_model(max_neighbors: int) -> tf.TensorModel:
+    torch.manual_seed(max_neighbors)
+    config = {"cutoff": 6.0, "triplet_cutoff": 4.0, "max_neighbors": max_neighbors, "backbone": {"name": "reference"},
+              "heads": [{"name": "born"}, {"name": "dielectric"}]}
+    return tf.build_model(config).double().eval()
+
+
+def _permuted(sample: Sample, permutation) -> Sample:
+    permutation = np.asarray(permutation)
+    return Sample(sample.numbers[permutation], sample.positions[permutation], sample.cell, sample.pbc)
+
+
+@functools.cache
+def _space_group(name: str):
+    return point_group_operations(CRYSTALS[name]())[1]
+
+
+def _old_rank_cap(sample: Sample, cutoff: float, max_neighbors: int | None = None,
+                  shell_tolerance: float = DEFAULT_SHELL_TOLERANCE) -> NeighborList:
+    """The former cap: the first K edges of each centre in the canonical order, so a tie inside
+    a shell is broken by neighbour index and image (``shell_tolerance`` is ignored)."""
+    nl = neighbor_list(sample, cutoff)
+    if max_neighbors is None:
+        return nl
+    keep = np.arange(nl.idx_i.size) - np.searchsorted(nl.idx_i, nl.idx_i) < max_neighbors
+    return NeighborList(nl.idx_i[keep], nl.idx_j[keep], nl.cell_shift[keep], nl.length[keep])
+
+
+def _closed_under_symmetry(sample: Sample, nl: NeighborList, space_group) -> bool:
+    """Every space-group operation (R, atom a -> image[a]) maps the kept neighbour vectors of
+    each atom a onto those of image[a]: the neighbour set has the crystal's symmetry."""
+    vectors = sample.positions[nl.idx_j] + nl.cell_shift @ sample.cell - sample.positions[nl.idx_i]
+    for rotation, image in space_group:
+        for atom in range(sample.num_atoms):
+            mapped = vectors[nl.idx_i == atom] @ rotation.T
+            target = vectors[nl.idx_i == image[atom]]
+            if mapped.shape != target.shape:
+                return False
+            gap = np.linalg.norm(mapped[:, None] - target[None], axis=-1)
+            if gap.min(axis=1).max() > 1e-6 or gap.min(axis=0).max() > 1e-6:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(CRYSTALS))
+def test_capped_neighbours_keep_the_crystal_symmetry(name):
+    """At every K in 1..40 the whole-shell cap keeps a neighbour set closed under the space group."""
+    crystal = CRYSTALS[name]()
+    for max_neighbors in range(1, 41):
+        assert _closed_under_symmetry(crystal, neighbor_list(crystal, 6.0, max_neighbors), _space_group(name)), (
+            f"{name}, K = {max_neighbors}"
+        )
+
+
+@settings(deadline=None)
+@given(name=st.sampled_from(sorted(CRYSTALS)), max_neighbors=st.integers(1, 40),
+       rotation=tfst.orthogonal_matrices(), data=st.data())
+def test_capped_model_is_equivariant_on_degenerate_shells(name, max_neighbors, rotation, data):
+    """Rock salt, wurtzite, tetragonal perovskite and bcc, with atoms in a random order and a
+    random proper or improper rotation: a float64 model capped at K gives the rotated (and
+    permuted) predictions to 1e-9, checked against e3nn's Wigner-D matrices."""
+    crystal = CRYSTALS[name]()
+    permutation = data.draw(st.permutations(range(crystal.num_atoms)))
+    model = _capped_model(max_neighbors)
+    assert_permutation_invariant(model, crystal, permutation, atol=1e-9, rtol=1e-9)
+    assert_equivariant(model, _permuted(crystal, permutation), rotation, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(CRYSTALS))
+@pytest.mark.parametrize("max_neighbors", [8, 24])
+def test_capped_model_obeys_neumann(name, max_neighbors):
+    assert_neumann(_capped_model(max_neighbors), CRYSTALS[name](), atol=1e-9, rtol=1e-9)
+
+
+def test_capped_wurtzite_dielectric_is_uniaxial():
+    """Wurtzite AlN, cap 24 (inside the 3.65 Å shell of six): eps_xx == eps_yy, also turned."""
+    model = _capped_model(24)
+    eps = model.predict([wurtzite()])[0]["dielectric"]
+    assert eps[0, 0] == pytest.approx(eps[1, 1], rel=1e-12)
+    assert np.abs(eps[[0, 0, 1, 1, 2, 2], [1, 2, 0, 2, 0, 1]]).max() < 1e-12 * np.abs(eps).max()
+    improper = -_rotation((0.3, 1.1, -0.7))
+    assert_neumann(model, rotate_sample(wurtzite(), improper), atol=1e-9, rtol=1e-9)
+
+
+def test_old_index_tie_break_is_caught(monkeypatch):
+    """The former cap (first K, ties broken by atom index) splits wurtzite's 3.65 Å shell of six
+    at K = 24: its neighbour set is not closed under the crystal's symmetry and the Neumann
+    check of the model fails (eps_xx != eps_yy); so these checks catch the bug that whole
+    shells fix."""
+    crystal = wurtzite()
+    assert _closed_under_symmetry(crystal, neighbor_list(crystal, 6.0, 24), _space_group("wurtzite"))
+    assert not _closed_under_symmetry(crystal, _old_rank_cap(crystal, 6.0, 24), _space_group("wurtzite"))
+    model = _capped_model(24)
+    assert_neumann(model, crystal, atol=1e-9, rtol=1e-9)
+    monkeypatch.setattr(collate, "neighbor_list", _old_rank_cap)
+    with pytest.raises(AssertionError, match="breaks Neumann's principle"):
+        assert_neumann(model, crystal, atol=1e-9, rtol=1e-9)
+    eps = model.predict([crystal])[0]["dielectric"]
+    assert abs(eps[0, 0] - eps[1, 1]) > 1e-6 * abs(eps[0, 0])
+
+
+def test_shell_tolerance_reaches_every_neighbour_list(monkeypatch, tmp_path):
+    """``neighbor_shell_tolerance`` of the config reaches the neighbour lists of make_graph /
+    predict, the ase calculator and the training data check, and survives a checkpoint; a
+    config (or old checkpoint) without it gets the default."""
+    from tensorframe.calculator import TensorframeCalculator
+    from tensorframe.checkpoint import load_model, save_checkpoint
+    from tensorframe.train import data as train_data
+    from tensorframe.train.data import Dataset, validate_samples
+
+    config = {"cutoff": 3.0, "max_neighbors": 1, "backbone": {"name": "reference", "hidden": 8},
+              "heads": [{"name": "born", "hidden": 8}, {"name": "dielectric", "hidden": 8}]}
+    assert tf.ModelConfig.model_validate(config).neighbor_shell_tolerance == DEFAULT_SHELL_TOLERANCE
+    model = tf.build_model({**config, "neighbor_shell_tolerance": 0.02})
+    assert model.graph_settings == tf.GraphSettings(3.0, 3.0, 1, 0.02)
+    seen = []
+
+    def spy(sample, cutoff, max_neighbors=None, shell_tolerance=DEFAULT_SHELL_TOLERANCE):
+        seen.append((max_neighbors, shell_tolerance))
+        return neighbor_list(sample, cutoff, max_neighbors, shell_tolerance)
+
+    monkeypatch.setattr(collate, "neighbor_list", spy)
+    monkeypatch.setattr(train_data, "neighbor_list", spy)
+    # Atom 0's neighbours at 1.0 and 1.01 Å are one shell at 0.02 Å, not at the default.
+    sample = Sample([1, 1, 1], [[0, 0, 0], [1.0, 0, 0], [0, 1.01, 0]],
+                    targets={"born_charges": np.zeros((3, 3, 3)), "dielectric": np.eye(3)})
+    assert (model.make_graph([sample]).idx_i == 0).sum() == 2
+    model.predict([sample])
+    atoms = ase.Atoms(numbers=sample.numbers, positions=sample.positions)
+    atoms.calc = TensorframeCalculator(model)
+    atoms.calc.get_property("dielectric", atoms)
+    validate_samples(model, Dataset([sample], ["mine.xyz: structure 0"]), [0], ["born_charges"])
+    save_checkpoint(tmp_path / "model.pt", model)
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.graph_settings.neighbor_shell_tolerance == 0.02
+    assert seen == [(1, 0.02)] * 4
+
+
+@pytest.mark.parametrize("tolerance", [0.0, -1e-3, float("nan"), float("inf")])
+def test_bad_neighbor_shell_tolerance_is_a_config_error(tolerance):
+    config = {"max_neighbors": 8, "neighbor_shell_tolerance": tolerance, "backbone": {"name": "reference"},
+              "heads": [{"name": "born"}]}
+    with pytest.raises(tf.ConfigError, match=r"^neighbor_shell_tolerance: "):
+        tf.build_model(config)
 
 
 def test_max_neighbors_on_a_known_chain():

@@ -37,6 +37,7 @@ from benchmarks.peers.train_loop import (
 from tensorframe.evaluate import collect_pairs
 from tensorframe.fields import FieldSpec
 from tensorframe.graph import build_graph, neighbor_list
+from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE
 from tensorframe.registry import get_registry
 from tensorframe.train.data import fit_element_shifts
 from tensorframe.train.state import seed_everything
@@ -67,18 +68,22 @@ def _head_options(heads: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, 
     return out
 
 
-def make_graph_fn(cutoff: float, dtype: torch.dtype, device: torch.device, max_neighbors: int | None = None):
-    """A ``make_graph(samples)`` with tensorframe's neighbour list at ``cutoff`` and no triplets."""
+def make_graph_fn(cutoff: float, dtype: torch.dtype, device: torch.device, max_neighbors: int | None = None,
+                  shell_tolerance: float = DEFAULT_SHELL_TOLERANCE):
+    """A ``make_graph(samples)`` with tensorframe's neighbour list at ``cutoff`` (and its
+    whole-shell ``max_neighbors`` cap) and no triplets."""
 
     def make_graph(samples: Sequence[Sample]) -> Graph:
-        return build_graph(samples, cutoff, EDGE_ONLY_TRIPLET_CUTOFF, max_neighbors, dtype=dtype, device=device)
+        return build_graph(samples, cutoff, EDGE_ONLY_TRIPLET_CUTOFF, max_neighbors, dtype=dtype, device=device,
+                           shell_tolerance=shell_tolerance)
 
     return make_graph
 
 
-def mean_neighbors(samples: Sequence[Sample], cutoff: float, max_neighbors: int | None = None) -> float:
+def mean_neighbors(samples: Sequence[Sample], cutoff: float, max_neighbors: int | None = None,
+                   shell_tolerance: float = DEFAULT_SHELL_TOLERANCE) -> float:
     """Edges per atom over ``samples`` (NequIP's ``avg_num_neighbors``)."""
-    edges = sum(neighbor_list(s, cutoff, max_neighbors).idx_i.shape[0] for s in samples)
+    edges = sum(neighbor_list(s, cutoff, max_neighbors, shell_tolerance).idx_i.shape[0] for s in samples)
     return max(edges / max(sum(s.num_atoms for s in samples), 1), 1.0)
 
 
@@ -141,7 +146,8 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
     loss_scales = {name: scale for name, (scale, _) in
                    label_normalization(train_samples, fields, list(fields), asr, keep_identity=keep_identity,
                                        element_shifts=element_shifts).items()}
-    make_graph = make_graph_fn(task.cutoff, torch.float32, device, max_neighbors)
+    make_graph = make_graph_fn(task.cutoff, torch.float32, device, max_neighbors,
+                               getattr(task, "neighbor_shell_tolerance", DEFAULT_SHELL_TOLERANCE))
 
     outcome: dict[str, Any] = {}
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tensorframe.graph.neighbors import neighbor_list
+from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE, neighbor_list
 from tensorframe.graph.triplets import build_triplets
 from tensorframe.ops.radial import cosine_cutoff
 from tensorframe.types import Graph, Sample
@@ -21,11 +21,14 @@ def build_graph(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     positions: torch.Tensor | None = None,
+    shell_tolerance: float = DEFAULT_SHELL_TOLERANCE,
 ) -> Graph:
     """Neighbour lists for each sample, joined by atom offsets, then triplets and geometry.
 
     Args:
         triplet_cutoff: only edges shorter than this enter triplets (default: ``cutoff``).
+        max_neighbors, shell_tolerance: the per-centre cap of :func:`neighbor_list`: whole
+            shells up to the K-th nearest neighbour, equal within ``shell_tolerance`` Å.
         positions: (N, 3) optional positions tensor (e.g. with ``requires_grad``) that
             replaces the samples' positions in the geometry.
 
@@ -41,7 +44,7 @@ def build_graph(
     offset = 0
     for index, sample in enumerate(samples):
         try:
-            nl = neighbor_list(sample, cutoff, max_neighbors)
+            nl = neighbor_list(sample, cutoff, max_neighbors, shell_tolerance)
         except ValueError as error:
             raise ValueError(f"structure {index}: {error}") from error
         idx_i.append(nl.idx_i + offset)

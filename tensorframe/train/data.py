@@ -170,7 +170,7 @@ def validate_samples(model: TensorModel, dataset: Dataset, indices: Iterable[int
         for name in targets:
             _check_label(sample, fields[name], where)
         try:
-            nl = neighbor_list(sample, settings.cutoff, settings.max_neighbors)
+            nl = neighbor_list(sample, settings.cutoff, settings.max_neighbors, settings.neighbor_shell_tolerance)
         except ValueError as error:
             raise DataError(f"{where}: {error}") from None
         lonely = np.flatnonzero(np.bincount(nl.idx_i, minlength=sample.num_atoms) == 0)
