@@ -100,7 +100,7 @@ def load_model(path: str | Path, map_location: str | torch.device | None = None)
     payload = load_checkpoint(path)
     config = payload["model_config"]
     if payload["format"] in LEGACY_FORMATS:
-        config = _with_paper_basis(config)
+        config = with_paper_basis(config)
     model = build_model(config)
     model = model.to(dtype=getattr(torch, payload.get("dtype", "float32")))
     try:
@@ -112,7 +112,7 @@ def load_model(path: str | Path, map_location: str | torch.device | None = None)
     return model.eval()
 
 
-def _with_paper_basis(config: dict[str, Any]) -> dict[str, Any]:
+def with_paper_basis(config: dict[str, Any]) -> dict[str, Any]:
     """A format-1 model config with ``basis: paper`` on every head that has the option."""
     from tensorframe.registry import get_registry
 

@@ -76,6 +76,9 @@ def test_demo_trains_evaluates_saves_reloads_and_predicts(demo):
     assert "born_charges (3, 3, 3)" in unseen and "hyperpolarizability (3, 3, 3)" in unseen
     residual = float(re.search(r"acoustic sum rule \|sum_k Z_k\| = (\S+);", unseen).group(1))
     assert residual < 1e-5
+    # HOF is planar (xy): the out-of-plane Born charges are printed and not zero.
+    line = re.search(r"Z\*_zz per atom \(H, O, F\) = \[([^\]]+)\]", unseen).group(1)
+    assert max(abs(float(v)) for v in line.split()) > 1e-3, line
 
 
 def test_demo_replaces_only_its_own_run_folder(tmp_path):

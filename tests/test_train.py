@@ -531,6 +531,40 @@ def test_existing_run_needs_resume_and_resume_refuses_a_changed_config(workdir: 
         run(dict(config, output_dir="elsewhere"), workdir, resume=True)
 
 
+def test_run_saved_before_a_new_model_option_resumes(workdir: Path):
+    """A checkpoint whose model config lacks an option added later (neighbor_shell_tolerance)
+    still loads and resumes: the option takes its default, which is no change of config."""
+    config = make_config(workdir, epochs=1)
+    run(config, workdir)
+    path = workdir / "run" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    for model_config in (payload["model_config"], payload["training_state"]["train_config"]["model"]):
+        del model_config["neighbor_shell_tolerance"]
+    torch.save(payload, path)
+    assert tf.load_model(path).graph_settings.neighbor_shell_tolerance == tf.ModelConfig.model_fields[
+        "neighbor_shell_tolerance"].default
+    assert run(dict(config, epochs=2), workdir, resume=True).metrics["epochs"] == 2
+
+
+def test_run_saved_before_the_complete_words_resumes_with_the_paper_basis(workdir: Path):
+    """A format-1 run (heads without ``basis``, built with the paper's words) resumes when the
+    config says ``basis: paper``; without it the refusal says what to add."""
+    paper_model = copy.deepcopy(STUDENT)
+    paper_model["heads"] = [dict(head, basis="paper") for head in paper_model["heads"]]
+    config = make_config(workdir, epochs=1, model=paper_model)
+    run(config, workdir)
+    path = workdir / "run" / "last.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["format"] = "tensorframe-checkpoint/1"
+    for model_config in (payload["model_config"], payload["training_state"]["train_config"]["model"]):
+        for head in model_config["heads"]:
+            del head["basis"]
+    torch.save(payload, path)
+    with pytest.raises(tf.ConfigError, match="add `basis: paper` to its heads"):
+        run(dict(make_config(workdir), epochs=2), workdir, resume=True)
+    assert run(dict(config, epochs=2), workdir, resume=True).metrics["epochs"] == 2
+
+
 def test_traceback_only_with_debug(workdir: Path):
     """Without --debug one line and exit 2 (above); with it, in either place, the exception
     itself propagates (so the traceback is printed)."""

@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import ValidationError
 
-from tensorframe.checkpoint import load_checkpoint, save_checkpoint
-from tensorframe.config import ConfigError
+from tensorframe.checkpoint import LEGACY_FORMATS, load_checkpoint, save_checkpoint, with_paper_basis
+from tensorframe.config import ConfigError, ModelConfig
 from tensorframe.model import TensorModel, build_model
 from tensorframe.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_path
 from tensorframe.train.data import (
@@ -176,13 +177,22 @@ class Trainer:
         state = payload.get("training_state")
         if not isinstance(state, dict):
             raise TrainingError(f"--resume: {path}: holds no training_state")
-        saved = state["train_config"]
+        saved = dict(state["train_config"])
+        legacy = payload.get("format") in LEGACY_FORMATS
+        if legacy:  # written before the complete word sets: its heads used the paper's words
+            saved["model"] = with_paper_basis(saved["model"])
+        try:  # model options added since the run was saved (e.g. neighbor_shell_tolerance) take their defaults
+            saved["model"] = ModelConfig.model_validate(saved["model"]).model_dump(mode="json")
+        except (KeyError, TypeError, ValidationError):
+            pass
         current = self.config.model_dump(mode="json")
         changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
         if changed:
+            hint = (" (this run was saved before the complete word sets; add `basis: paper` to its heads to resume "
+                    "it)" if legacy and "model" in changed else "")
             raise ConfigError(
                 f"--resume: the config differs from the run in {path} in: {', '.join(changed)} (only "
-                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change when resuming)"
+                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change when resuming){hint}"
             )
         if state["step"] and state["world_size"] != self.context.world_size:
             raise TrainingError(
