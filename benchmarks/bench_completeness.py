@@ -250,14 +250,15 @@ def render(result: dict[str, Any]) -> str:
                           markdown_table(header, rows), ""]
     cost = result.get("cost", {})
     if cost:
-        header = ["task", "structures", "atoms", *[f"{b} complete ms" for b in BACKBONE_NAMES],
-                  *[f"{b} paper ms" for b in BACKBONE_NAMES], *[f"{b} extra" for b in BACKBONE_NAMES]]
+        names = list(dict.fromkeys(b for record in cost.values() for b in record if isinstance(record[b], dict)))
+        header = ["task", "structures", "atoms", *[f"{b} paper ms" for b in names],
+                  *[f"{b} complete ms" for b in names], *[f"{b} extra" for b in names]]
         rows = []
         for task_name, record in cost.items():
             row = [task_name, record["structures"], record["atoms"]]
-            row += [_g(record[b]["median_s"]["complete"] * 1e3) if b in record else "–" for b in BACKBONE_NAMES]
-            row += [_g(record[b]["median_s"]["paper"] * 1e3) if b in record else "–" for b in BACKBONE_NAMES]
-            row += [f"{100 * record[b]['extra_fraction']:+.1f} %" if b in record else "–" for b in BACKBONE_NAMES]
+            row += [_g(record[b]["median_s"]["paper"] * 1e3) if b in record else "–" for b in names]
+            row += [_g(record[b]["median_s"]["complete"] * 1e3) if b in record else "–" for b in names]
+            row += [f"{100 * record[b]['extra_fraction']:+.1f} %" if b in record else "–" for b in names]
             rows.append(row)
         lines += ["### Cost of the extra words", "",
                   f"Forward pass (float32, `inference_mode`, batches of 16, graphs built beforehand) over up to 64 test "

@@ -42,8 +42,10 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     the models of all of them (later files win per model, see :func:`merge_task`)."""
     merged = dict(results[0])
     merged["tasks"] = {}
-    merged["parts"] = [{"mode": r["mode"], "date": r["environment"].get("date"), "tasks": list(r["tasks"]),
-                        "backbones": list(r.get("backbone_configs", {}))} for r in results]
+    merged["parts"] = [part for r in results for part in r.get("parts", [
+        {"mode": r["mode"], "date": r["environment"].get("date"), "commit": r["environment"].get("git_commit"),
+         "tasks": list(r["tasks"]), "backbones": list(r.get("backbone_configs", {})),
+         "peers": sorted({p for t in r["tasks"].values() for p in t.get("peers", {})})}])]
     merged["backbone_configs"] = {k: v for r in results for k, v in r.get("backbone_configs", {}).items()}
     for r in results:
         for name, task in r["tasks"].items():
@@ -182,6 +184,25 @@ def task_section(name: str, task: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _parts_lines(result: dict[str, Any], speed: dict[str, Any] | None) -> list[str]:
+    """One line naming the runs merged into this report, when there are several."""
+    parts = result.get("parts", [])
+    if len(parts) < 2:
+        return []
+    described = []
+    for part in parts:
+        peers, backbones = part.get("peers"), part.get("backbones", [])
+        who = ", ".join(backbones) if backbones else "peers only"
+        who += f"; peers {', '.join(peers)}" if peers else "; no peers" if peers == [] else ""
+        described.append(f"{part.get('date')} (commit {part.get('commit') or 'not recorded'}): "
+                         f"{', '.join(part.get('tasks', []))} ({who})")
+    line = ("- Runs merged (a later run replaces the models it ran, per task): " + "; ".join(described) + ".")
+    if speed:
+        line += (" Inference columns come from the speed pass named above, whatever run trained the model; a "
+                 "model changed since that pass is not re-timed.")
+    return [line]
+
+
 def section(result: dict[str, Any], json_name: str, speed: dict[str, Any] | None = None) -> str:
     env = result["environment"]
     tasks = {name: with_speed(name, task, speed) for name, task in result["tasks"].items()}
@@ -205,6 +226,7 @@ def section(result: dict[str, Any], json_name: str, speed: dict[str, Any] | None
         "Best backbone = lowest mean over fields of MAE / mean |label|.",
         f"- Inference: {inference}. Training throughput: {result['training_throughput']}.",
         f"- Memory: {result['memory_method']} (training: whole training call).",
+        *_parts_lines(result, speed),
         "- Ratio columns (peers): MAE ratio = peer MAE / best backbone MAE per field (> 1: tensorframe more "
         "accurate); speed ratio = best backbone inference structures/s / peer's (> 1: tensorframe faster). "
         "Comparable accuracy for bar 2: ETGNN's relative error at most 10 % above the e3nn peer's.", "",

@@ -49,3 +49,22 @@ def test_a_rerun_backbone_replaces_the_old_record_and_the_best_is_chosen_again()
     assert task["backbones"]["etgnn"]["relative_error"] == 0.4
     assert task["best_backbone"] == "reference"
     assert "plots" not in task  # neither run plotted the new best backbone
+
+
+def test_merging_a_merged_report_keeps_every_run_and_names_them():
+    """Parts of an already merged file survive a second merge, and the report names every run
+    (date, commit, tasks, who ran) so a re-run of some tasks is visible."""
+    from benchmarks.suite_report import _parts_lines
+
+    first = run({TASK: {"backbones": {"reference": backbone(0.2)}, "peers": {"e3nn": peer(0.3)}}},
+                {"reference": {"name": "reference"}})
+    second = run({TASK: {"backbones": {}, "peers": {"painn": peer(0.05)}}}, {})
+    merged = merge([first, second])
+    third = run({TASK: {"backbones": {"reference": backbone(0.1)}, "peers": {}}}, {"reference": {"name": "reference"}})
+    third["environment"]["git_commit"] = "abc1234"
+    again = merge([merged, third])
+    assert len(again["parts"]) == 3
+    line = _parts_lines(again, speed={"environment": {}})[0]
+    assert "peers only" in line and "commit abc1234" in line and "no peers" in line
+    assert "not re-timed" in line
+    assert _parts_lines(first, speed=None) == []
