@@ -373,11 +373,13 @@ def test_complete_words_keep_the_generic_span_and_drop_duplicates(formula: str, 
 
 
 def test_factored_word_sum_equals_the_sum_of_products():
-    """The head's factored evaluation (by leading letter) is the plain sum of coefficient x word."""
+    """The head's factored evaluation (by leading letter, component-major) is the plain sum of
+    coefficient x word."""
     generator = torch.Generator().manual_seed(5)
     a = torch.randn(7, 3, generator=generator, dtype=torch.float64)
     b = torch.randn(7, 3, generator=generator, dtype=torch.float64)
     for words in (("ab", "cc"), ("aab", "abb", "cca", "acc", "aba", "cac"), complete_words("ijkl", 1).triplet, ("a",)):
         coefficients = torch.randn(7, len(words), generator=generator, dtype=torch.float64)
         expected = sum(coefficients[:, w : w + 1] * word_product(word, a, b) for w, word in enumerate(words))
-        torch.testing.assert_close(weighted_word_sum(words, coefficients, a, b), expected, rtol=1e-12, atol=1e-12)
+        actual = weighted_word_sum(words, coefficients.t().contiguous(), a.t().contiguous(), b.t().contiguous())
+        torch.testing.assert_close(actual, expected.t(), rtol=1e-12, atol=1e-12)

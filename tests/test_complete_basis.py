@@ -197,11 +197,13 @@ def _naive_atomic_tensors(head, graph, features) -> torch.Tensor:
     if head.edge_coefficients is not None:
         raw = head.edge_coefficients(features.edge)
         coefficients = head._coefficients(raw[:, :num_edge_words], graph.edge_envelope)
+        if not head.nonnegative:
+            raw = raw * graph.edge_envelope.unsqueeze(-1)
         for w, word in enumerate(head.edge_words):
             out = out.index_add(0, graph.idx_i, coefficients[:, w : w + 1] * word_product(word, graph.edge_dir))
     if head.atom_words:
-        isotropic = head.node_coefficients(features.node).index_add(
-            0, graph.idx_i, raw[:, num_edge_words:] * graph.edge_envelope.unsqueeze(-1))
+        edge_terms = raw[:, num_edge_words:] * (graph.edge_envelope.unsqueeze(-1) if head.nonnegative else 1.0)
+        isotropic = head.node_coefficients(features.node).index_add(0, graph.idx_i, edge_terms)
         if head.nonnegative:
             isotropic = torch.nn.functional.softplus(isotropic)
         for w, word in enumerate(head.atom_words):

@@ -282,35 +282,55 @@ def complete_words(formula: str, parity: int, base: WordSet | None = None, use_t
 
 
 def weighted_word_sum(
-    words: tuple[str, ...], coefficients: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None
+    words: tuple[str, ...],
+    coefficients: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor | None = None,
+    columns: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """``sum_w coefficients[:, w] * word_product(words[w], a, b)`` for words of vector letters,
-    factored by leading letter (``a(x)(t1 bb + t2 cc) + c(x)(t3 ca)``) so that each rank-M outer
-    product is formed once per distinct first letter, not once per word.
+    """``sum_w coefficients[columns[w]] * words[w](a, b)`` for words of vector letters, in
+    component-major layout (components first, items last: outer products are then contiguous
+    row multiplications, several times faster on CPU than item-major broadcasting).
 
-    Shapes: coefficients (X, W), a, b (X, 3) -> (X, 3**M)
+    Factored by leading letter (``a(x)(t1 bb + t2 cc) + c(x)(t3 ca)``), so each rank-M outer
+    product is formed once per distinct first letter, not once per word. ``columns`` default
+    0, 1, ...
+
+    Shapes: coefficients (>= W, X), a, b (3, X) -> (3**M, X), rows in the row-major order of
+        the flattened tensor (the transpose of ``word_product``'s layout)
     """
     letters = {"a": a}
     if b is not None:
         letters["b"] = b
         if any("c" in word for word in words):
-            letters["c"] = torch.linalg.cross(a, b)
+            letters["c"] = torch.linalg.cross(a, b, dim=0)
     for word in words:
         missing = set(word) - set(letters)
         if missing:
             raise ValueError(f"word {word!r}: letter {sorted(missing)[0]!r} is not available here (edges know only 'a')")
-    return _factored_sum(tuple(words), coefficients, letters, tuple(range(len(words))))
+    columns = tuple(range(len(words))) if columns is None else tuple(columns)
+    return _factored_sum(tuple(words), coefficients, letters, columns)
 
 
 def _factored_sum(words: tuple[str, ...], coefficients: torch.Tensor, letters: dict[str, torch.Tensor],
                   columns: tuple[int, ...]) -> torch.Tensor:
     if not words[0]:
-        return coefficients[:, list(columns)].sum(-1, keepdim=True)
+        if len(columns) == 1:  # a view, no gather
+            return coefficients[columns[0] : columns[0] + 1]
+        return coefficients[list(columns)].sum(0, keepdim=True)
     out = None
     for first in dict.fromkeys(word[0] for word in words):
         chosen = [k for k, word in enumerate(words) if word[0] == first]
         rest = _factored_sum(tuple(words[k][1:] for k in chosen), coefficients, letters,
                              tuple(columns[k] for k in chosen))
-        term = (letters[first].unsqueeze(-1) * rest.unsqueeze(1)).flatten(1)
+        term = outer_rows(letters[first], rest)
         out = term if out is None else out + term
     return out
+
+
+def outer_rows(vectors: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """Component-major outer product: ``out[i * R + r] = vectors[i] * rest[r]``.
+
+    Shapes: vectors (3, X), rest (R, X) -> (3 R, X)
+    """
+    return (vectors.unsqueeze(1) * rest.unsqueeze(0)).reshape(vectors.shape[0] * rest.shape[0], rest.shape[-1])
