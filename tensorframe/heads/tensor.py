@@ -1,10 +1,13 @@
 """The general Cartesian tensor head (rank 1-4, any e3nn index-symmetry formula).
 
-    T_j = P [ sum_{edges k->j} sum_w t^w_kj  w(e_kj)  +  sum_{triplets k->j->i} sum_w t^w_kji  w(e_kj, e_ji) ]
+    T_j = P [ sum_v s^v_j v  +  sum_{edges k->j} sum_w t^w_kj  w(e_kj)
+              +  sum_{triplets k->j->i} sum_w t^w_kji  w(e_kj, e_ji, e_kj x e_ji) ]
 
 with invariant coefficients ``t`` from MLPs on the backbone's edge / triplet features
-(times the smooth cutoff envelope), basis words ``w`` (see :mod:`tensorframe.ops.basis`)
-and ``P`` the projector onto the formula's symmetric subspace. Atom-level fields return
+(times the smooth cutoff envelope), basis words ``w`` (see :mod:`tensorframe.ops.basis`),
+identity-only atom words ``v`` (``delta_ij``, ``delta_ij delta_kl``, ...) whose coefficient
+``s_j`` is a linear read-out of atom j's node features plus a sum of per-edge terms, and ``P``
+the projector onto the formula's symmetric subspace. Atom-level fields return
 ``T_j``; structure-level fields reduce them with a mean (intensive) or a sum (extensive).
 The paper's force, Born-charge, dielectric and piezo heads are special cases
 (:mod:`tensorframe.heads.named`).
