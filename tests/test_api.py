@@ -142,8 +142,11 @@ def test_predicted_tensors_have_their_declared_index_symmetry_and_physics(model)
     np.testing.assert_allclose(prediction["efg"], prediction["efg"].transpose(0, 2, 1), atol=1e-12)
     np.testing.assert_allclose(prediction["born_charges"].sum(0), 0.0, atol=1e-12)  # acoustic sum rule
     # Born charges are not symmetric: a low-symmetry molecule keeps their antisymmetric part.
+    # A head that symmetrised them would leave float64 round-off (~1e-16 relative); at random
+    # initialisation the isotropic per-atom part dominates the symmetric part, so the
+    # antisymmetric part is small but far above round-off.
     born = model.predict([methanol()])[0]["born_charges"]
-    assert np.abs(born - born.transpose(0, 2, 1)).max() > 1e-2 * np.abs(born).max()
+    assert np.abs(born - born.transpose(0, 2, 1)).max() > 1e-6 * np.abs(born).max()
 
 
 @pytest.mark.parametrize("make", [wurtzite, perturbed_rocksalt])
