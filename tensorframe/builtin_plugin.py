@@ -20,7 +20,7 @@ from tensorframe.heads.named import (
     build_piezo_head,
     build_polarizability_head,
 )
-from tensorframe.heads.scalar import ScalarHeadConfig, build_scalar_head
+from tensorframe.heads.scalar import EnergyHeadConfig, ScalarHeadConfig, build_energy_head, build_scalar_head
 from tensorframe.heads.tensor import TensorHeadConfig, build_tensor_head
 from tensorframe.hookspecs import hookimpl
 from tensorframe.io.ase_reader import read_ase
@@ -56,6 +56,8 @@ def tensorframe_register_heads() -> list[HeadSpec]:
                  "polarizability (extensive, symmetric); optional charge-flow term"),
         HeadSpec("hyperpolarizability", HyperpolarizabilityHeadConfig, build_hyperpolarizability_head,
                  "first hyperpolarizability beta_ijk, symmetric in j, k"),
+        HeadSpec("energy", EnergyHeadConfig, build_energy_head,
+                 "total energy, a sum of atomic energies; model.conservative derives forces and stress from it"),
         HeadSpec("scalar", ScalarHeadConfig, build_scalar_head, "scalar per atom or structure (energy, ...)"),
         HeadSpec("tensor", TensorHeadConfig, build_tensor_head, "any rank 1-4 tensor with an e3nn symmetry formula"),
     ]

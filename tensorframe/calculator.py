@@ -1,27 +1,39 @@
-"""An ASE calculator: forces (and energy) for dynamics and optimisers, every predicted tensor in ``results``.
+"""An ASE calculator: energy, forces and stress for dynamics and optimisers, every predicted
+tensor in ``results``.
 
     calc = TensorframeCalculator("model.pt")
     atoms.calc = calc
-    atoms.get_forces()                      # (N, 3) eV/Å
-    calc.results["born_charges"]            # (N, 3, 3) e
-    calc.results["dielectric"]              # (3, 3)
+    atoms.get_forces()                           # (N, 3) eV/Å
+    atoms.get_stress()                           # (6,) eV/Å^3, Voigt xx yy zz yz xz xy (3D-periodic cells)
+    calc.get_property("born_charges", atoms)     # (N, 3, 3) e
+    calc.results["dielectric"]                   # (3, 3)
 
-Forces come from the model's force head when it has one. A model with an ``energy`` head
-(a structure-level scalar) and no force head gets conservative forces ``F = -dE/dx`` by
-autograd through the graph geometry. Energies are returned as Python floats, all other
-results as float64 numpy arrays in the structure's frame (atom-level (N, 3, ...),
+One forward (and, for derived quantities, one backward) pass gives every result:
+
+- a conservative model (``model.conservative``) gives energy, forces = -dE/dr, and for cells
+  periodic in all three directions stress (ASE's sign: (1/V) dE/d strain) and virial;
+- a model with an ``energy`` head but neither conservative nor a force head gets the same
+  derivatives of that energy (which was not trained against forces);
+- a force head's forces are used as they are (the paper's direct forces);
+- a model without energy or forces (tensor heads only) serves its tensors;
+  ``get_forces`` then raises ASE's ``PropertyNotImplementedError``, nothing else does.
+
+Energies are Python floats (summed in float64), ``stress`` ASE's Voigt 6-vector, all other
+results float64 numpy arrays in the structure's frame (atom-level (N, 3, ...),
 structure-level (3, ...)).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
-from tensorframe.graph.collate import build_graph
+from tensorframe.conservative import energy_derivatives
 from tensorframe.io.convert import to_sample
 from tensorframe.model import TensorModel
 
@@ -52,10 +64,11 @@ class TensorframeCalculator(Calculator):
         fields = model.fields
         energy = fields.get("energy")
         self.has_energy = energy is not None and energy.level == "structure" and energy.rank == 0
-        self.forces_from_energy = self.has_energy and "forces" not in fields
+        # A non-conservative model with an energy head and no force head: derivatives of that energy.
+        self.derive_from_energy = self.has_energy and not model.conservative and "forces" not in fields
         properties = list(fields)
-        if self.forces_from_energy:
-            properties.append("forces")
+        if self.derive_from_energy:
+            properties += ["forces", "stress", "virial"]
         if self.has_energy:
             properties.append("free_energy")
         self.implemented_properties = properties
@@ -65,26 +78,22 @@ class TensorframeCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         sample = to_sample(self.atoms)
         model = self.model
-        reference = next(model.parameters())
-        settings = model.graph_settings
-        positions = torch.as_tensor(sample.positions, dtype=reference.dtype, device=reference.device)
-        with torch.enable_grad() if self.forces_from_energy else torch.no_grad():
-            if self.forces_from_energy:
-                positions = positions.clone().requires_grad_(True)
-            graph = build_graph([sample], settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
-                                dtype=reference.dtype, device=reference.device, positions=positions,
-                                shell_tolerance=settings.neighbor_shell_tolerance)
-            outputs = model(graph)
-            forces = None
-            if self.forces_from_energy:
-                (gradient,) = torch.autograd.grad(outputs["energy"].sum(), positions)
-                forces = -gradient
+        periodic = bool(sample.pbc.all())
+        graph = model.make_graph([sample])
+        with torch.no_grad():
+            if self.derive_from_energy:
+                outputs = energy_derivatives(partial(model.head_outputs, names=None), graph, stress=periodic)
+            else:
+                outputs = model(graph)
+        levels = {**{name: field.level for name, field in model.fields.items()}, "forces": "atom"}
         results: dict[str, Any] = {}
         for name, value in outputs.items():
+            if name in ("stress", "virial") and not periodic:
+                continue  # no volume: ASE raises PropertyNotImplementedError for get_stress
             array = value.detach().to("cpu", torch.float64).numpy()
-            results[name] = array if model.fields[name].level == "atom" else array[0]
-        if forces is not None:
-            results["forces"] = forces.detach().to("cpu", torch.float64).numpy()
+            results[name] = array if levels.get(name) == "atom" else array[0]
+        if "stress" in results:
+            results["stress"] = full_3x3_to_voigt_6_stress(results["stress"])
         if self.has_energy:
             results["energy"] = float(results["energy"])
             results["free_energy"] = results["energy"]

@@ -68,6 +68,11 @@ class ModelConfig(BaseModel):
         description="Å; with max_neighbors, neighbours at most this much farther than the K-th nearest count "
         "as its shell and are kept too",
     )
+    conservative: bool = Field(
+        default=False,
+        description="forces, stress and virial as derivatives of the energy head: F = -dE/dr, "
+        "sigma = (1/V) dE/d(strain), W = -dE/d(strain); needs an energy head and no head of its own for them",
+    )
     backbone: PluginChoice
     heads: list[PluginChoice] = Field(min_length=1)
     lifting: LiftingConfig = LiftingConfig()

@@ -52,6 +52,13 @@ class FieldSpec:
         return formula_rank(self.symmetry) if self.symmetry else 0
 
     @property
+    def accumulates_in_float64(self) -> bool:
+        """Scalars that carry per-element reference values (energies: rank 0, atom level or
+        summed) are summed, shifted and compared with labels in float64: a float32 total of
+        -29943.65 eV has steps of 2 meV."""
+        return self.rank == 0 and (self.level == "atom" or self.reduce == "sum")
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """Shape of one tensor (per atom or per structure), e.g. (3, 3)."""
         return (3,) * self.rank
@@ -81,7 +88,15 @@ BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
         "piezoelectric strain tensor d_ijk = d strain_jk / dE_i, symmetric in j, k (Voigt d_iJ = 2 d_ijk for shear J)",
     ),
     FieldSpec("elastic", "structure", "ijkl=jikl=ijlk=klij", 1, "GPa", "mean", "elastic stiffness tensor C_ijkl"),
-    FieldSpec("virial", "structure", "ij=ji", 1, "eV", "sum", "virial tensor (DeePMD virial.npy), -stress x volume"),
+    FieldSpec(
+        "stress", "structure", "ij=ji", 1, "eV/Å³", "mean",
+        "stress tensor sigma = (1/V) dE/d(strain), ASE's sign: positive when the cell pulls inwards (tension), "
+        "negative under compression (pressure p = -trace/3); Voigt order xx yy zz yz xz xy",
+    ),
+    FieldSpec(
+        "virial", "structure", "ij=ji", 1, "eV", "sum",
+        "virial tensor W = -dE/d(strain) = -V sigma (DeePMD's virial.npy convention)",
+    ),
     FieldSpec(
         "atomic_dipole", "atom", "i", -1, "e·Å", "sum",
         "dipole attributed to an atom (DeePMD atomic_dipole: for DPLR data the Wannier-centroid displacement "
@@ -94,3 +109,15 @@ BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
     ),
     FieldSpec("nmr_shielding", "atom", "ij", 1, "ppm", "sum", "NMR chemical shielding tensor of each atom (not symmetric)"),
 )
+
+
+DERIVED_FIELDS: tuple[str, ...] = ("forces", "stress", "virial")
+"""Fields a conservative model derives from its energy (``ModelConfig.conservative``)."""
+
+
+def builtin_field(name: str) -> FieldSpec:
+    """The built-in :class:`FieldSpec` called ``name``."""
+    for spec in BUILTIN_FIELDS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,8 @@ from torch import nn
 
 from tensorframe.backbones.base import Backbone
 from tensorframe.config import ConfigError, ModelConfig, format_validation_error, parse_model_config
+from tensorframe.conservative import check_conservative_heads, energy_derivatives
+from tensorframe.fields import DERIVED_FIELDS, FieldSpec, builtin_field
 from tensorframe.graph.collate import build_graph
 from tensorframe.heads.base import Head
 from tensorframe.io.convert import to_sample
@@ -29,6 +32,11 @@ class TensorModel(nn.Module):
     ``forward`` returns ``{field name: tensor}`` in physical units (each head's output
     through its :class:`FieldScaling`) with atom-level fields (N, 3, ...) and
     structure-level fields (B, 3, ...); ``predict`` takes structures and returns numpy.
+
+    With ``config.conservative`` the model also predicts the derivatives of its energy head
+    (:func:`tensorframe.conservative.energy_derivatives`): ``forces`` (N, 3) = -dE/dr,
+    ``virial`` (B, 3, 3) = -dE/d(strain) and ``stress`` (B, 3, 3) = -virial / V, NaN for
+    structures that are not periodic in all three directions.
     """
 
     def __init__(self, config: ModelConfig, backbone: Backbone, heads: Sequence[Head], lifting: TripletLifting | None) -> None:
@@ -44,6 +52,12 @@ class TensorModel(nn.Module):
         self.scaling = nn.ModuleDict(
             {head.field.name: FieldScaling(head.field, keep_identity=getattr(head, "add_identity", False)) for head in heads}
         )
+        self.derived_fields: dict[str, FieldSpec] = {}
+        if config.conservative:
+            check_conservative_heads(self.heads)
+            self.derived_fields = {name: builtin_field(name) for name in DERIVED_FIELDS}
+            for name, field in self.derived_fields.items():
+                self.scaling[name] = FieldScaling(field, derived=True)
 
     @property
     def graph_settings(self) -> GraphSettings:
@@ -51,8 +65,13 @@ class TensorModel(nn.Module):
                              self.config.neighbor_shell_tolerance)
 
     @property
-    def fields(self) -> dict[str, Any]:
-        return {name: head.field for name, head in self.heads.items()}
+    def fields(self) -> dict[str, FieldSpec]:
+        """Every field the model predicts: its heads', then (conservative) the energy's derivatives."""
+        return {**{name: head.field for name, head in self.heads.items()}, **self.derived_fields}
+
+    @property
+    def conservative(self) -> bool:
+        return bool(self.derived_fields)
 
     def features(self, graph: Graph) -> InvariantFeatures:
         features = self.backbone(graph)
@@ -60,9 +79,31 @@ class TensorModel(nn.Module):
             features = replace(features, triplet=self.lifting(graph, features))
         return features
 
-    def forward(self, graph: Graph) -> dict[str, torch.Tensor]:
+    def forward(self, graph: Graph, fields: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """``{field: prediction}`` for ``fields`` (default: all of :attr:`fields`).
+
+        Only the heads asked for run. Derivatives of the energy are taken by autograd even
+        under ``torch.no_grad`` (then detached); with gradients enabled they keep their graph
+        (``create_graph``), so a loss on forces or stress trains the model.
+        """
+        wanted = list(self.fields) if fields is None else list(fields)
+        unknown = [name for name in wanted if name not in self.fields]
+        if unknown:
+            raise KeyError(f"fields: the model does not predict {', '.join(unknown)} (it predicts: {', '.join(self.fields)})")
+        derived = [name for name in wanted if name in self.derived_fields]
+        heads = [name for name in self.heads if name in wanted or (derived and name == "energy")]
+        if not derived:
+            return self.head_outputs(graph, heads)
+
+        outputs = energy_derivatives(partial(self.head_outputs, names=heads), graph,
+                                     stress="stress" in derived or "virial" in derived)
+        return {name: outputs[name] for name in wanted}
+
+    def head_outputs(self, graph: Graph, names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The outputs of the heads ``names`` (default: all), without derivatives."""
+        names = list(self.heads) if names is None else list(names)
         features = self.features(graph)
-        return {name: self.scaling[name](head(graph, features), graph) for name, head in self.heads.items()}
+        return {name: self.scaling[name](self.heads[name](graph, features), graph) for name in names}
 
     def _reference(self) -> torch.Tensor:
         return next(self.parameters())
@@ -82,7 +123,8 @@ class TensorModel(nn.Module):
         """One dict per structure of numpy arrays keyed by field name.
 
         Accepts ase.Atoms, pymatgen Structure/Molecule or Sample; e.g. ``forces`` (N, 3),
-        ``born_charges`` (N, 3, 3), ``dielectric`` (3, 3), ``piezo`` (3, 3, 3).
+        ``born_charges`` (N, 3, 3), ``dielectric`` (3, 3), ``piezo`` (3, 3, 3); ``stress`` and
+        ``virial`` (3, 3) of a conservative model for 3D-periodic structures only.
         """
         samples = [to_sample(s, index) for index, s in enumerate(structures)]
         was_training = self.training
@@ -94,10 +136,13 @@ class TensorModel(nn.Module):
                 graph = self.make_graph(chunk)
                 outputs = self(graph)
                 ptr = graph.ptr.tolist()
-                for b in range(len(chunk)):
+                fields = self.fields
+                for b, sample in enumerate(chunk):
                     row = {}
                     for name, value in outputs.items():
-                        part = value[ptr[b] : ptr[b + 1]] if self.heads[name].field.level == "atom" else value[b]
+                        if name in ("stress", "virial") and not sample.pbc.all():
+                            continue  # defined for cells periodic in all three directions only
+                        part = value[ptr[b] : ptr[b + 1]] if fields[name].level == "atom" else value[b]
                         row[name] = part.detach().cpu().numpy()
                     results.append(row)
         finally:

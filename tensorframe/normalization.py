@@ -23,24 +23,36 @@ class FieldScaling(nn.Module):
     """``y = scale * x + shift * (1 or I)``; with ``keep_identity`` the scale acts on
     ``x - I`` so a head's built-in identity (positive-definite dielectric) is kept exactly.
 
+    Reference energies per element are kept in float64 (also in a float32 model), and a
+    scalar that carries them comes out in float64. A ``derived`` field (conservative
+    forces, stress) is never scaled, it is the energy's derivative: its ``scale`` only
+    normalises its loss.
+
     Shapes: x (N or B, 3, ...) -> same
     """
 
-    def __init__(self, field: FieldSpec, keep_identity: bool = False) -> None:
+    def __init__(self, field: FieldSpec, keep_identity: bool = False, derived: bool = False) -> None:
         super().__init__()
         self.field = field
         self.keep_identity = keep_identity
+        self.derived = derived
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("shift", torch.zeros(()))
-        self.register_buffer("element_shift", torch.zeros(MAX_Z + 1))
+        self.register_buffer("element_shift", torch.zeros(MAX_Z + 1, dtype=torch.float64))
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - torch's signature
+        """Moves and casts like any module, but keeps the reference energies in float64."""
+        super()._apply(fn, recurse)
+        self.element_shift = self.element_shift.to(torch.float64)
+        return self
 
     @property
     def supports_shift(self) -> bool:
-        return self.field.rank in (0, 2) and not self.keep_identity
+        return self.field.rank in (0, 2) and not self.keep_identity and not self.derived
 
     @property
     def supports_element_shift(self) -> bool:
-        return self.field.rank == 0 and (self.field.level == "atom" or self.field.reduce == "sum")
+        return self.field.accumulates_in_float64 and not self.derived
 
     def set_element_shift(self, shifts: dict[int, float]) -> None:
         """Reference values per element (atomic number -> value in the field's units)."""
@@ -61,6 +73,8 @@ class FieldScaling(nn.Module):
         self.shift.fill_(float(shift))
 
     def forward(self, x: torch.Tensor, graph: Graph) -> torch.Tensor:
+        if self.derived:
+            raise RuntimeError(f"field {self.field.name!r} is derived from the energy; its scale only weighs the loss")
         rank = self.field.rank
         identity = torch.eye(3, dtype=x.dtype, device=x.device) if rank == 2 else None
         if self.keep_identity and identity is not None:
@@ -69,7 +83,7 @@ class FieldScaling(nn.Module):
         if not self.supports_shift:
             return y
         if self.supports_element_shift:
-            per_atom = self.element_shift.to(x.dtype).index_select(0, graph.numbers)
+            per_atom = self.element_shift.index_select(0, graph.numbers)  # float64
             y = y + (per_atom if self.field.level == "atom" else scatter_sum(per_atom, graph.batch, graph.num_structures))
         unit = identity if identity is not None else torch.ones((), dtype=x.dtype, device=x.device)
         if self.field.level == "structure" and self.field.reduce == "sum":

@@ -25,10 +25,10 @@ from tensorframe.registry import KINDS, PluginProblem, build_registry, get_regis
 
 BUILTINS = {
     "backbone": {"reference"},
-    "head": {"force", "born", "dielectric", "piezo", "dipole", "polarizability", "hyperpolarizability", "scalar",
-             "tensor"},
+    "head": {"force", "born", "dielectric", "piezo", "dipole", "polarizability", "hyperpolarizability", "energy",
+             "scalar", "tensor"},
     "field": {"energy", "forces", "dipole", "born_charges", "dielectric", "polarizability", "piezo",
-              "hyperpolarizability", "piezo_strain", "elastic", "virial", "atomic_dipole",
+              "hyperpolarizability", "piezo_strain", "elastic", "stress", "virial", "atomic_dipole",
               "atomic_polarizability", "nmr_shielding"},
     "reader": {"ase", "asedb", "deepmd", "etgnn", "matten-nmr", "vasp"},
 }

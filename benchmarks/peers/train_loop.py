@@ -97,6 +97,7 @@ def label_shim(fields: Mapping[str, FieldSpec], targets: Sequence[str], subtract
         fields=dict(fields),
         scaling={name: FieldScaling(fields[name], keep_identity=name in keep_identity) for name in targets},
         heads={name: SimpleNamespace(subtract_structure_mean=name in subtract_structure_mean) for name in targets},
+        conservative=False,
     )
 
 

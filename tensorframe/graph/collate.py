@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -70,11 +71,6 @@ def build_graph(
     edge_vec, edge_len, edge_dir = edge_geometry(positions, cell, idx_i_t, idx_j_t, shift_t, edge_batch_t)
     in_triplets = edge_len.detach() < triplet_cutoff
     idx_kj, idx_ji = build_triplets(idx_i_t, idx_j_t, shift_t, offset, in_triplets)
-    # Gathers with index_select (faster than [] on CPU); the envelope is evaluated per edge
-    # and then gathered, rather than twice per triplet.
-    triplet_cos = (-(edge_dir.index_select(0, idx_kj) * edge_dir.index_select(0, idx_ji)).sum(-1)).clamp(-1.0, 1.0)
-    edge_triplet_envelope = cosine_cutoff(edge_len, triplet_cutoff)
-    triplet_envelope = edge_triplet_envelope.index_select(0, idx_kj) * edge_triplet_envelope.index_select(0, idx_ji)
     return Graph(
         numbers=numbers,
         positions=positions,
@@ -89,14 +85,48 @@ def build_graph(
         edge_vec=edge_vec,
         edge_len=edge_len,
         edge_dir=edge_dir,
-        edge_envelope=cosine_cutoff(edge_len, cutoff),
         idx_kj=idx_kj,
         idx_ji=idx_ji,
-        triplet_cos=triplet_cos,
-        triplet_envelope=triplet_envelope,
         cutoff=float(cutoff),
         triplet_cutoff=float(triplet_cutoff),
+        **derived_geometry(edge_len, edge_dir, idx_kj, idx_ji, cutoff, triplet_cutoff),
     )
+
+
+def derived_geometry(edge_len: torch.Tensor, edge_dir: torch.Tensor, idx_kj: torch.Tensor, idx_ji: torch.Tensor,
+                     cutoff: float, triplet_cutoff: float) -> dict[str, torch.Tensor]:
+    """The envelopes and triplet cosines of :class:`Graph` from edge lengths and directions.
+
+    Shapes: edge_len (E,), edge_dir (E, 3), idx_kj/idx_ji (T,) -> edge_envelope (E,),
+    triplet_cos (T,), triplet_envelope (T,)
+    """
+    # Gathers with index_select (faster than [] on CPU); the envelope is evaluated per edge
+    # and then gathered, rather than twice per triplet.
+    triplet_cos = (-(edge_dir.index_select(0, idx_kj) * edge_dir.index_select(0, idx_ji)).sum(-1)).clamp(-1.0, 1.0)
+    edge_triplet_envelope = cosine_cutoff(edge_len, triplet_cutoff)
+    triplet_envelope = edge_triplet_envelope.index_select(0, idx_kj) * edge_triplet_envelope.index_select(0, idx_ji)
+    return {"edge_envelope": cosine_cutoff(edge_len, cutoff), "triplet_cos": triplet_cos,
+            "triplet_envelope": triplet_envelope}
+
+
+def deform_graph(graph: Graph, positions: torch.Tensor, strain: torch.Tensor) -> Graph:
+    """``graph`` with positions and cells under a homogeneous strain, geometry recomputed.
+
+    Rows transform as ``x -> x (I + sym(strain))`` (positions, cell vectors, so every edge
+    vector); the edges and triplets stay those of ``graph``. With ``positions`` and
+    ``strain`` as autograd leaves (strain zero), ``-dE/dpositions`` are the forces and
+    ``dE/dstrain`` is ``V sigma`` (the negative virial) of an energy computed on the result.
+
+    Shapes: positions (N, 3), strain (B, 3, 3) -> Graph
+    """
+    deformation = torch.eye(3, dtype=positions.dtype, device=positions.device) + 0.5 * (strain + strain.transpose(1, 2))
+    moved = torch.einsum("na,nab->nb", positions, deformation.index_select(0, graph.batch))
+    cell = torch.bmm(graph.cell.to(positions.dtype), deformation)
+    edge_vec, edge_len, edge_dir = edge_geometry(moved, cell, graph.idx_i, graph.idx_j, graph.cell_shift,
+                                                 graph.edge_batch)
+    return replace(graph, positions=moved, cell=cell, edge_vec=edge_vec, edge_len=edge_len, edge_dir=edge_dir,
+                   **derived_geometry(edge_len, edge_dir, graph.idx_kj, graph.idx_ji, graph.cutoff,
+                                      graph.triplet_cutoff))
 
 
 def edge_geometry(
@@ -120,4 +150,4 @@ def edge_geometry(
     return edge_vec, edge_len, edge_dir
 
 
-__all__ = ["build_graph", "edge_geometry"]
+__all__ = ["build_graph", "deform_graph", "derived_geometry", "edge_geometry"]

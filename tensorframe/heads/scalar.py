@@ -27,6 +27,9 @@ class ScalarHeadConfig(PluginConfig):
 class ScalarHead(Head):
     """``y = reduce_j MLP(node_j)``; atom level returns the per-atom values.
 
+    Energies (:attr:`FieldSpec.accumulates_in_float64`) come out in float64 whatever the
+    model's dtype, so that a total of thousands of eV keeps meV steps.
+
     Shapes: -> (N,) atom level, (B,) structure level
     """
 
@@ -37,6 +40,8 @@ class ScalarHead(Head):
 
     def forward(self, graph: Graph, features: InvariantFeatures) -> torch.Tensor:
         atomic = self.mlp(features.node).squeeze(-1)
+        if self.field.accumulates_in_float64:  # energies: summed (and later shifted) in float64
+            atomic = atomic.double()
         if self.field.level == "atom":
             return atomic
         reduce = scatter_mean if self.field.reduce == "mean" else scatter_sum
@@ -54,3 +59,17 @@ def build_scalar_head(config: ScalarHeadConfig, dims: FeatureDims) -> ScalarHead
     units = config.units if config.units is not None else (known.units if known else "")
     field = FieldSpec(config.field, level, "", 1, units, reduce)
     return ScalarHead(field, dims, hidden=config.hidden)
+
+
+class EnergyHeadConfig(PluginConfig):
+    """The total energy (eV): a sum of atomic energies, each an MLP of the atom's features plus
+    the reference energy of its element (``normalize.E0s`` in training). With
+    ``model.conservative: true`` forces, stress and virial are its derivatives."""
+
+    hidden: int = 64
+
+
+def build_energy_head(config: EnergyHeadConfig, dims: FeatureDims) -> ScalarHead:
+    from tensorframe.fields import builtin_field
+
+    return ScalarHead(builtin_field("energy"), dims, hidden=config.hidden)

@@ -24,6 +24,10 @@ force, Born charges with and without the acoustic sum rule, dielectric with and 
                on each backbone parameter)
     dtypes     float32 and float64 both run; float32 agrees with float64 for the same weights
     dims       ``backbone.feature_dims`` matches the widths of the features it returns
+    conservative  with ``conservative: true`` and an energy head: forces and stress equal the
+               energy's derivatives by central differences (float64); energy, forces, stress and
+               virial are equivariant, permutation- and translation-invariant, supercell- and
+               periodic-image-consistent
 
 The functions (``build_contract_model``, ``assert_features_invariant``, ...) work on their own
 too, without pytest.
@@ -57,6 +61,10 @@ from tensorframe.testing.checks import (
     assert_translation_invariant,
     split_outputs,
 )
+from tensorframe.testing.derivatives import (
+    assert_forces_match_finite_differences,
+    assert_stress_matches_finite_differences,
+)
 from tensorframe.testing.equivariance import assert_equivariant, compare, evaluate, rotate_sample, tolerances
 from tensorframe.types import Graph, InvariantFeatures, Sample
 
@@ -72,6 +80,7 @@ __all__ = [
     "contract_samples",
 ]
 
+CONSERVATIVE_HEADS: tuple[dict[str, Any], ...] = ({"name": "energy"}, {"name": "born"})
 CONTRACT_HEADS: tuple[dict[str, Any], ...] = (
     {"name": "force"},
     {"name": "born"},
@@ -125,6 +134,7 @@ def build_contract_model(
     hidden: int = 16,
     seed: int = 0,
     extra_plugins: Sequence[tuple[str, object]] = (),
+    conservative: bool = False,
 ) -> TensorModel:
     """A float64 model in eval mode: the backbone ``{"name": ..., **options}`` with every head
     of :data:`CONTRACT_HEADS` (``hidden`` wide; triplet lifting ``hidden`` wide too).
@@ -132,6 +142,9 @@ def build_contract_model(
     Args:
         extra_plugins: ``(name, plugin)`` pairs registered besides the installed ones (e.g.
             a backbone defined inside a test).
+        conservative: instead, ``conservative: true`` with the heads of
+            :data:`CONSERVATIVE_HEADS` (energy, whose derivatives are forces, stress and
+            virial, beside Born charges); the energy's scale is raised to give O(1) forces.
 
     Raises:
         ConfigError: for a backbone name or option that the registry does not accept.
@@ -141,12 +154,16 @@ def build_contract_model(
     config = {
         "cutoff": cutoff,
         "triplet_cutoff": triplet_cutoff,
+        "conservative": conservative,
         "backbone": dict(backbone),
-        "heads": [dict(head, hidden=hidden) for head in CONTRACT_HEADS],
+        "heads": [dict(head, hidden=hidden) for head in (CONSERVATIVE_HEADS if conservative else CONTRACT_HEADS)],
         "lifting": {"hidden": hidden, "out_dim": hidden},
     }
     torch.manual_seed(seed)
-    return build_model(config, registry=registry).double().eval()
+    model = build_model(config, registry=registry).double().eval()
+    if conservative:
+        model.scaling["energy"].set(3.0)
+    return model
 
 
 def contract_samples() -> list[Sample]:
@@ -313,17 +330,23 @@ def assert_gradients_reach_parameters(model: TensorModel, samples: Sequence[Samp
 
 def assert_float32_matches_float64(model: TensorModel, samples: Sequence[Sample], rtol: float = 1e-5) -> None:
     """The same weights in float32 and float64 give the same outputs:
-    ``max|y32 - y64| <= rtol * max(1, max|y64|)`` for every field; both finite."""
+    ``max|y32 - y64| <= rtol * max(1, max|y64|)`` for every field; both finite (NaN only where
+    a field is undefined in both, e.g. stress without a volume). Energies come out in float64
+    from both."""
     __tracebackhide__ = True
     samples = list(samples)
     model64 = copy.deepcopy(model).double()
     model32 = copy.deepcopy(model).float()
     out64, out32 = evaluate(model64, samples), evaluate(model32, samples)
+    fields = model.fields
     for name, expected in out64.items():
         actual = out32[name]
-        if actual.dtype != torch.float32 or expected.dtype != torch.float64:
-            raise AssertionError(f"field {name!r}: dtypes {actual.dtype} and {expected.dtype}, expected float32 / float64")
-        if not (torch.isfinite(actual).all() and torch.isfinite(expected).all()):
+        # energies are summed in float64 by every model (FieldSpec.accumulates_in_float64)
+        low = torch.float64 if name in fields and fields[name].accumulates_in_float64 else torch.float32
+        if actual.dtype != low or expected.dtype != torch.float64:
+            raise AssertionError(f"field {name!r}: dtypes {actual.dtype} and {expected.dtype}, expected {low} / float64")
+        defined = ~expected.isnan() if name == "stress" else torch.ones_like(expected, dtype=torch.bool)  # no volume: NaN
+        if not (torch.isfinite(actual[defined]).all() and torch.isfinite(expected[defined]).all()):
             raise AssertionError(f"field {name!r}: non-finite output in float32 or float64")
         scale = max(1.0, float(expected.abs().max()))
         ok, error, tolerance = compare(actual, expected, rtol * scale, 0.0)
@@ -332,7 +355,7 @@ def assert_float32_matches_float64(model: TensorModel, samples: Sequence[Sample]
 
 
 def _outputs_per_structure(model: TensorModel, samples: Sequence[Sample]) -> list[dict[str, torch.Tensor]]:
-    specs = {name: head.field for name, head in model.heads.items()}
+    specs = dict(model.fields)
     return split_outputs(evaluate(model, samples), specs, [s.num_atoms for s in samples])
 
 
@@ -446,3 +469,38 @@ class BackboneContract:
 
     def test_float32_matches_float64(self, contract_model: TensorModel) -> None:
         assert_float32_matches_float64(contract_model, contract_samples())
+
+    # -------------------------------------------------------- conservative forces and stress
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conservative_model(cls, backbone_config: Mapping[str, Any]) -> TensorModel:
+        return build_contract_model(backbone_config, cls.cutoff, cls.triplet_cutoff, cls.hidden, conservative=True)
+
+    @given(crystal=tfst.crystals(max_atoms=4), molecule=tfst.molecules(max_atoms=4))
+    def test_conservative_forces_and_stress_are_energy_derivatives(
+            self, conservative_model: TensorModel, crystal: Sample, molecule: Sample) -> None:
+        """F = -dE/dr and sigma = (1/V) dE/d(strain) against central differences, in float64."""
+        assert_forces_match_finite_differences(conservative_model, molecule)
+        assert_forces_match_finite_differences(conservative_model, crystal)
+        assert_stress_matches_finite_differences(conservative_model, crystal)
+
+    @pytest.mark.parametrize("kind", list(_KINDS))
+    @given(data=st.data(), rotation=tfst.orthogonal_matrices(proper=True),
+           shift=st.lists(st.floats(-10.0, 10.0), min_size=3, max_size=3))
+    def test_conservative_outputs_symmetric(self, conservative_model: TensorModel, kind: str, data: st.DataObject,
+                                            rotation: np.ndarray, shift: list[float]) -> None:
+        """Energy, forces, stress, virial: proper and improper rotations, permutations, translations."""
+        sample = data.draw(_KINDS[kind], label=kind)
+        permutation = data.draw(st.permutations(range(sample.num_atoms)), label="permutation")
+        assert_equivariant(conservative_model, sample, rotation)
+        assert_equivariant(conservative_model, sample, -rotation)
+        assert_permutation_invariant(conservative_model, sample, permutation)
+        assert_translation_invariant(conservative_model, sample, shift)
+
+    @given(data=st.data())
+    def test_conservative_supercell_and_images(self, conservative_model: TensorModel, data: st.DataObject) -> None:
+        """A supercell keeps the stress and multiplies energy and virial; periodic images change nothing."""
+        sample = data.draw(tfst.crystals(max_atoms=4), label="crystal")
+        assert_supercell_consistent(conservative_model, sample, [(2, 1, 1)])
+        assert_periodic_images_consistent(conservative_model, sample, _draw_image_shifts(data, sample))

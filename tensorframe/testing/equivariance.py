@@ -69,7 +69,8 @@ def field_specs(model_or_fn: ModelOrFn, fields: Mapping[str, FieldSpec] | None =
     if fields is not None:
         return dict(fields)
     if _is_model(model_or_fn):
-        return {name: head.field for name, head in model_or_fn.heads.items()}
+        fields = getattr(model_or_fn, "fields", None)  # a TensorModel's, derived fields included
+        return dict(fields) if fields is not None else {name: head.field for name, head in model_or_fn.heads.items()}
     from tensorframe.registry import get_registry
 
     return dict(get_registry().items["field"])
@@ -93,10 +94,18 @@ def tolerances(dtype: torch.dtype, atol: float | None, rtol: float | None) -> tu
 
 
 def compare(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> tuple[bool, float, float]:
-    """``max|actual - expected| <= atol + rtol * max|expected|``; returns (ok, max error, tolerance)."""
+    """``max|actual - expected| <= atol + rtol * max|expected|``; returns (ok, max error, tolerance).
+
+    NaN marks a value that is undefined (stress without a volume): it must sit in the same
+    places in both, and is otherwise ignored.
+    """
     actual, expected = actual.to(torch.float64), expected.to(torch.float64)
     if actual.shape != expected.shape:
         return False, float("inf"), 0.0
+    undefined = expected.isnan()
+    if not torch.equal(actual.isnan(), undefined):
+        return False, float("nan"), 0.0
+    actual, expected = actual.masked_fill(undefined, 0.0), expected.masked_fill(undefined, 0.0)
     if actual.numel() == 0:
         return True, 0.0, atol
     error = float((actual - expected).abs().max())

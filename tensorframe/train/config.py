@@ -89,6 +89,11 @@ class NormalizeConfig(_Strict):
 
     enabled: bool = True
     shift: bool = Field(True, description="isotropic shift for rank-0 and rank-2 fields where it is equivariant")
+    E0s: Literal["fit", "average", "none"] | dict[str, float] = Field(
+        "fit",
+        description="reference energy per element: 'fit' (least squares on the element counts of the training "
+        "split; 'average' is MACE's name for the same fit), 'none', or {symbol: eV} for every element of the data",
+    )
 
 
 class OptimizerConfig(_Strict):

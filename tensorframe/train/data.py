@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tensorframe.config import ConfigError
-from tensorframe.fields import FieldSpec
+from tensorframe.fields import DERIVED_FIELDS, FieldSpec
 from tensorframe.graph.neighbors import neighbor_list
 from tensorframe.model import TensorModel
 from tensorframe.registry import PluginError
@@ -24,6 +24,7 @@ from tensorframe.train.config import DataConfig, SplitConfig, resolve_path
 from tensorframe.types import Sample
 
 SPLITS = ("train", "valid", "test")
+PERIODIC_ONLY = ("stress",)  # labels that need a volume
 
 
 class DataError(ValueError):
@@ -137,10 +138,12 @@ def check_targets_predicted(model: TensorModel, targets: Iterable[str]) -> None:
         ConfigError: naming the field and the fields the heads predict.
     """
     for name in targets:
-        if name not in model.heads:
+        if name not in model.fields:
+            hint = (" (or, for forces and stress as derivatives of an energy head, set model.conservative: true)"
+                    if name in DERIVED_FIELDS and not model.conservative else "")
             raise ConfigError(
-                f"targets.{name}: no head predicts this field (the heads predict: {', '.join(model.heads)}); "
-                f"add a head for it under model.heads or remove it from targets"
+                f"targets.{name}: no head predicts this field (the model predicts: {', '.join(model.fields)}); "
+                f"add a head for it under model.heads or remove it from targets{hint}"
             )
 
 
@@ -169,6 +172,11 @@ def validate_samples(model: TensorModel, dataset: Dataset, indices: Iterable[int
             )
         for name in targets:
             _check_label(sample, fields[name], where)
+            if name in PERIODIC_ONLY and not sample.pbc.all():
+                raise DataError(
+                    f"{where}: field {name!r}: needs a cell periodic in all three directions (pbc is "
+                    f"{sample.pbc.tolist()}); remove {name} from targets or these structures from the data"
+                )
         try:
             nl = neighbor_list(sample, settings.cutoff, settings.max_neighbors, settings.neighbor_shell_tolerance)
         except ValueError as error:
@@ -192,6 +200,41 @@ def _check_label(sample: Sample, field: FieldSpec, where: str) -> None:
         raise DataError(f"{where}: field {field.name!r}: label of shape {value.shape}, expected {expected}")
     if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)):
         raise DataError(f"{where}: field {field.name!r}: label holds NaN, inf or non-numbers")
+
+
+def reference_energies(model: TensorModel, samples: Sequence[Sample], targets: Iterable[str],
+                       e0s: str | dict[str, float] = "fit") -> dict[str, dict[int, float]]:
+    """Per-element reference values ``{field: {Z: value}}`` (``normalize.E0s``).
+
+    ``"fit"`` / ``"average"``: least squares of the labels on the element counts (MACE calls
+    this fit ``average``) for every extensive or atom-level scalar target; ``"none"``: zero;
+    ``{symbol: eV}``: the given reference energies for the ``energy`` field (every element of
+    ``samples`` needs one), the fit for other such targets.
+
+    Raises:
+        ConfigError: for an unknown element symbol or an element of the data without a value.
+    """
+    if e0s == "none":
+        return {}
+    targets = list(targets)
+    result = fit_element_shifts(model, samples, [t for t in targets if not (isinstance(e0s, dict) and t == "energy")])
+    if isinstance(e0s, dict):
+        if "energy" not in model.heads:
+            raise ConfigError("normalize.E0s: reference energies are for an energy head, and the model has none")
+        from ase.data import atomic_numbers, chemical_symbols
+
+        given = {}
+        for symbol, value in e0s.items():
+            if symbol not in atomic_numbers or symbol == "X":
+                raise ConfigError(f"normalize.E0s: {symbol!r} is not an element symbol")
+            given[atomic_numbers[symbol]] = float(value)
+        present = sorted({int(z) for s in samples for z in s.numbers})
+        missing = [chemical_symbols[z] for z in present if z not in given]
+        if missing:
+            raise ConfigError(f"normalize.E0s: no reference energy for {', '.join(missing)} (elements of the "
+                              f"training structures: {', '.join(chemical_symbols[z] for z in present)})")
+        result["energy"] = given
+    return result
 
 
 def fit_element_shifts(model: TensorModel, samples: Sequence[Sample], targets: Iterable[str]) -> dict[str, dict[int, float]]:
@@ -221,6 +264,9 @@ def fit_element_shifts(model: TensorModel, samples: Sequence[Sample], targets: I
 def fit_normalization(model: TensorModel, samples: Sequence[Sample], targets: Iterable[str], shift: bool = True) -> dict[str, tuple[float, float]]:
     """``{field: (scale, shift)}`` from the training structures, so that the heads learn O(1) numbers.
 
+    A conservative model's energy takes the forces' scale (when forces are a target), so that
+    its derivatives come out O(1) too; derived fields get a scale (their loss's) and no shift.
+
     The shift is the mean isotropic part (mean for rank 0, mean trace / 3 for rank 2), per
     atom for atom-level and extensive fields, only where :class:`FieldScaling` allows it and
     the head does not fix a structure mean (acoustic sum rule). The scale is the RMS of
@@ -229,7 +275,8 @@ def fit_normalization(model: TensorModel, samples: Sequence[Sample], targets: It
     """
     result = {}
     for name in targets:
-        field, scaling, head = model.fields[name], model.scaling[name], model.heads[name]
+        field, scaling = model.fields[name], model.scaling[name]
+        head = model.heads[name] if name in model.heads else None
         atom_counts = np.array([s.num_atoms for s in samples], dtype=np.float64)
         values = np.concatenate if field.level == "atom" else np.stack
         labels = values([np.asarray(s.targets[name], dtype=np.float64) for s in samples])
@@ -252,12 +299,17 @@ def fit_normalization(model: TensorModel, samples: Sequence[Sample], targets: It
         residual = residual / per_row[:, None]
         scale = float(np.sqrt(np.mean(residual**2)))
         result[name] = (scale if scale > 1e-12 else 1.0, offset)
+    if model.conservative and "forces" in result:
+        # The energy's scale sets the forces' (F = -dE/dr): the RMS force component in eV
+        # per Å of motion, as MACE's rms_forces_scaling; its shift stays the energy's.
+        result["energy"] = (result["forces"][0], result.get("energy", (1.0, 0.0))[1])
     return result
 
 
 def collate_targets(samples: Sequence[Sample], fields: dict[str, FieldSpec], names: Iterable[str],
                     dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """Labels of a batch, atom-level fields concatenated and structure-level fields stacked.
+    """Labels of a batch, atom-level fields concatenated and structure-level fields stacked;
+    energies (:attr:`FieldSpec.accumulates_in_float64`) in float64, the others in ``dtype``.
 
     Shapes: atom-level (sum N, 3, ...); structure-level (B, 3, ...)
     """
@@ -265,6 +317,6 @@ def collate_targets(samples: Sequence[Sample], fields: dict[str, FieldSpec], nam
     for name in names:
         join = np.concatenate if fields[name].level == "atom" else np.stack
         out[name] = torch.from_numpy(join([np.asarray(s.targets[name], dtype=np.float64) for s in samples])).to(
-            device=device, dtype=dtype
+            device=device, dtype=torch.float64 if fields[name].accumulates_in_float64 else dtype
         )
     return out

@@ -39,9 +39,9 @@ from tensorframe.train.data import (
     Dataset,
     check_targets_predicted,
     collate_targets,
-    fit_element_shifts,
     fit_normalization,
     load_dataset,
+    reference_energies,
     split_indices,
     validate_samples,
 )
@@ -102,8 +102,7 @@ class TargetHeads(torch.nn.Module):
         self.names = list(names)
 
     def forward(self, graph) -> dict[str, torch.Tensor]:
-        features = self.model.features(graph)
-        return {name: self.model.scaling[name](self.model.heads[name](graph, features), graph) for name in self.names}
+        return self.model(graph, fields=self.names)
 
 
 class Trainer:
@@ -161,9 +160,9 @@ class Trainer:
                                     f"or choose another output_dir")
             if config.normalize.enabled:
                 train_samples = [self.dataset.samples[i] for i in self.split["train"]]
-                if config.normalize.shift:
-                    for name, shifts in fit_element_shifts(self.model, train_samples, self.targets).items():
-                        self.model.scaling[name].set_element_shift(shifts)
+                e0s = config.normalize.E0s if config.normalize.shift or isinstance(config.normalize.E0s, dict) else "none"
+                for name, shifts in reference_energies(self.model, train_samples, self.targets, e0s).items():
+                    self.model.scaling[name].set_element_shift(shifts)
                 for name, (scale, shift) in fit_normalization(self.model, train_samples, self.targets,
                                                               config.normalize.shift).items():
                     self.model.scaling[name].set(scale, shift)
