@@ -52,6 +52,9 @@ BACKBONES: dict[str, dict[str, Any]] = {
 REDUCED_BACKBONES: dict[str, dict[str, Any]] = {
     "reference": {"name": "reference", "hidden": 16, "num_radial": 8, "num_interactions": 1},
 }
+# "<backbone>-conservative" (e.g. "schnet-conservative"): the same backbone with
+# model.conservative: the task's force head becomes an energy head, forces are -dE/dr.
+CONSERVATIVE_SUFFIX = "-conservative"
 INFERENCE_BATCH = 16
 INFERENCE_REPEATS = 3
 
@@ -128,13 +131,27 @@ def write_task_data(task: Task, samples: list[Sample], split: dict[str, list[int
     return path
 
 
+def split_model_name(name: str) -> tuple[str, bool]:
+    """``"schnet-conservative"`` -> ``("schnet", True)``; ``"schnet"`` -> ``("schnet", False)``."""
+    if name.endswith(CONSERVATIVE_SUFFIX):
+        return name[: -len(CONSERVATIVE_SUFFIX)], True
+    return name, False
+
+
+def conservative_heads(heads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task's heads with the force head replaced by an energy head (forces = -dE/dr)."""
+    out = [head for head in heads if head["name"] not in ("force", "energy")]
+    return [{"name": "energy"}, *out]
+
+
 def train_config(task: Task, backbone: dict[str, Any], data: Path, run_budget: dict[str, Any], reduced: bool,
-                 output_dir: Path) -> Any:
+                 output_dir: Path, conservative: bool = False) -> Any:
     from tensorframe.train import TrainConfig
 
     return TrainConfig.model_validate({
         "model": {"cutoff": task.cutoff, "triplet_cutoff": min(task.triplet_cutoff, task.cutoff),
-                  "backbone": backbone, "heads": task.heads},
+                  "conservative": conservative, "backbone": backbone,
+                  "heads": conservative_heads(task.heads) if conservative else task.heads},
         "data": {"path": str(data), "format": "ase", "options": {"default_keys": False}},
         "split": {"file": str(data.parent / "split.json")},
         "targets": task.targets,
@@ -151,14 +168,14 @@ def train_config(task: Task, backbone: dict[str, Any], data: Path, run_budget: d
 
 def run_backbone(task: Task, name: str, backbone: dict[str, Any], samples: list[Sample],
                  split: dict[str, list[int]], data: Path, run_budget: dict[str, Any], reduced: bool,
-                 runs_dir: Path) -> dict[str, Any]:
+                 runs_dir: Path, conservative: bool = False) -> dict[str, Any]:
     """Train and evaluate one backbone on one task; the record of :mod:`benchmarks.suite`."""
     from tensorframe.checkpoint import load_model
     from tensorframe.train import train
 
     out = runs_dir / task.name / name
     shutil.rmtree(out, ignore_errors=True)
-    config = train_config(task, backbone, data, run_budget, reduced, out)
+    config = train_config(task, backbone, data, run_budget, reduced, out, conservative)
     holder: dict[str, Any] = {}
 
     def fit() -> None:
@@ -183,6 +200,7 @@ def run_backbone(task: Task, name: str, backbone: dict[str, Any], samples: list[
     return {
         "kind": "backbone",
         "config": backbone,
+        "forces": "conservative (-dE/dr of an energy head)" if conservative else "direct (force head)",
         "fields": fields,
         "relative_error": relative_error(fields),
         "epochs": epochs_done,
@@ -230,10 +248,12 @@ def run_task(task: Task, backbones: list[str], peers: list[str], reduced: bool, 
     table = REDUCED_BACKBONES if reduced else BACKBONES
     results: dict[str, Any] = {}
     for name in backbones:
-        config = table.get(name, BACKBONES.get(name, {"name": name}))
+        base, conservative = split_model_name(name)
+        config = table.get(base, BACKBONES.get(base, {"name": base}))
         log(f"[{task.name}] backbone {name} ...")
         try:
-            results[name] = run_backbone(task, name, config, samples, split, data, run_budget, reduced, runs_dir)
+            results[name] = run_backbone(task, name, config, samples, split, data, run_budget, reduced, runs_dir,
+                                         conservative)
             log(f"[{task.name}] backbone {name}: " + ", ".join(
                 f"{f} MAE {v['mae']:.4g}" for f, v in results[name]["fields"].items()))
         except Exception as error:  # noqa: BLE001 - one failing backbone must not hide the others
@@ -365,7 +385,9 @@ def run_suite(task_names: list[str], backbones: list[str], peers: list[str], red
         "inference": f"model.predict over the test split (graph building included), torch.no_grad, batch "
                      f"{INFERENCE_BATCH}, median of {INFERENCE_REPEATS} passes after 1 warm-up pass",
         "training_throughput": "structures seen / training wall time (validation passes included)",
-        "backbone_configs": {b: (REDUCED_BACKBONES if reduced else BACKBONES).get(b, {"name": b}) for b in backbones},
+        "backbone_configs": {b: (REDUCED_BACKBONES if reduced else BACKBONES).get(split_model_name(b)[0],
+                                                                                  {"name": split_model_name(b)[0]})
+                             for b in backbones},
         "tasks": {},
     }
     for name in task_names:

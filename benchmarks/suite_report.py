@@ -76,7 +76,8 @@ def load_speed(path: Path, backbone_configs: dict[str, Any]) -> dict[str, Any] |
     if not path.exists():
         return None
     speed = json.loads(path.read_text())
-    same = all(speed.get("backbone_configs", {}).get(name) == config for name, config in backbone_configs.items())
+    timed = speed.get("backbone_configs", {})  # models it did not time (e.g. conservative variants) show their run's timings
+    same = all(timed[name] == config for name, config in backbone_configs.items() if name in timed)
     return speed if same else None
 
 

@@ -76,6 +76,6 @@ def tensorframe_register_readers() -> list[ReaderSpec]:
         ReaderSpec("asedb", read_asedb, (".db",), "ASE database: labels from row data / key-value pairs, Voigt converted"),
         ReaderSpec("deepmd", read_deepmd, (), "DeePMD-kit npy system(s): a directory with type.raw and set.*/"),
         ReaderSpec("etgnn", read_etgnn, (".csv",), "ETGNN layout: id_prop.csv (ID, tensor components) + <ID>.vasp/.cif"),
-        ReaderSpec("vasp", read_vasp, ("outcar", ".xml"), "VASP OUTCAR / vasprun.xml: Born charges, dielectric, piezo"),
+        ReaderSpec("vasp", read_vasp, ("outcar", ".xml"), "VASP OUTCAR / vasprun.xml: Born charges, dielectric, piezo, energy, forces, stress"),
         ReaderSpec("matten-nmr", read_matten_nmr, (), "matten si_nmr_data.json: per-atom NMR shielding tensors"),
     ]

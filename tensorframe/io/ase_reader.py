@@ -8,10 +8,18 @@ fixed units are mapped without a key_map (:data:`tensorframe.io.labels.DEFAULT_K
 ``becs`` -> born_charges, ``eps``/``epsilon`` -> dielectric, ...); ``default_keys=False``
 turns that off. ``units={field: unit}`` converts (e.g. ``{"energy": "Ha", "dipole": "e*bohr"}``);
 ``voigt=[field, ...]`` reads flat Voigt lists (see :mod:`tensorframe.io.labels`).
+
+Stress and virial (:mod:`tensorframe.io.stress`): ``stress`` comes from ``atoms.info`` or the
+calculator's results (extended XYZ ``stress="..."`` 9 numbers, which ase keeps as a Voigt
+6-vector xx yy zz yz xz xy in a SinglePointCalculator), as a 3x3, 9 or 6 (Voigt) numbers, in
+ASE's sign (positive under tension), stored as (3, 3) eV/Å^3 (``units={"stress": "GPa"}``
+converts); only on structures periodic in all three directions. ``virial`` (3x3 or 9 numbers,
+eV, ``W = -V sigma``) comes from ``atoms.info``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +29,11 @@ import numpy as np
 from tensorframe.io.checks import MIN_DISTANCE, InputError, check_same_labels, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import DEFAULT_KEY_MAP, LabelError, check_units, collect_labels, voigt_kinds
+from tensorframe.io.stress import check_stress_cell
 from tensorframe.types import Sample
+
+# ase's message for a `stress=` / `virial=` / `Lattice=` value that is not 9 numbers
+_SPECIAL_3X3 = re.compile(r"info item (\w+), expecting special 3x3 matrix")
 
 
 def read_ase(
@@ -49,7 +61,8 @@ def read_ase(
     Raises:
         ValueError: naming the file, the structure (its frame number in the file) and,
             for a bad label, the field and the key it came from (wrong size, NaN, missing
-            in some structures); unknown elements and overlapping atoms likewise.
+            in some structures, a stress on a structure not periodic in 3D); unknown
+            elements and overlapping atoms likewise.
     """
     import ase.io
 
@@ -66,11 +79,17 @@ def read_ase(
         for number, atoms in enumerate(ase.io.iread(str(path), index=index, format=format)):
             where = f"{path}: structure {frame_of(number)}"
             sample = structure_sample(lambda atoms=atoms: to_sample(atoms), where, min_distance)
-            samples.append(sample.with_targets(_labels(atoms, sample.num_atoms, fields, key_map, where, kinds, scales)))
+            samples.append(sample.with_targets(_labels(atoms, sample, fields, key_map, where, kinds, scales)))
             wheres.append(where)
     except (FileNotFoundError, InputError):
         raise
     except Exception as error:  # noqa: BLE001 - ase raises many kinds for a malformed file
+        special = _SPECIAL_3X3.search(str(error))
+        if special:  # ase's extended XYZ reader takes `stress` and `virial` as 9 numbers only
+            raise ValueError(
+                f"{path}: structure {frame_of(len(samples))}, key {special.group(1)!r}: extended XYZ needs 9 numbers "
+                f"(a 3x3 matrix) for this key; store a 6-value Voigt stress under another key (key_map it to 'stress')"
+            ) from error
         raise ValueError(
             f"{path}: structure {frame_of(len(samples))} cannot be read (truncated or malformed file?): {type(error).__name__}: {error}"
         ) from error
@@ -103,14 +122,16 @@ def _frame_numbers(index: str) -> Callable[[int], int | str]:
 
 
 def _labels(
-    atoms: Any, num_atoms: int, fields: dict[str, Any], key_map: dict[str, str], where: str,
+    atoms: Any, sample: Sample, fields: dict[str, Any], key_map: dict[str, str], where: str,
     kinds: dict[str, str], scales: dict[str, float],
 ) -> dict[str, np.ndarray]:
     sources = dict(atoms.info)
     sources.update({k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")})
     if atoms.calc is not None:
         sources.update(getattr(atoms.calc, "results", {}))
-    return collect_labels(sources, fields, key_map, num_atoms, where, kinds, scales)
+    labels = collect_labels(sources, fields, key_map, sample.num_atoms, where, kinds, scales)
+    check_stress_cell(labels, sample.pbc, where, sources, key_map)
+    return labels
 
 
 __all__ = ["LabelError", "merged_key_map", "read_ase"]

@@ -1,11 +1,15 @@
 """ASE databases (``.db``, SQLite or JSON): structures plus labels from each row.
 
 Labels come from the row's ``data`` (arrays), its key-value pairs (numbers) and the
-calculator columns (``energy``, ``forces``, ``dipole``), under the names of registered
-fields, renamed by ``key_map`` (data keys may contain spaces). Labels with the Voigt shape
-(3, 6) of a rank-3 field or (6, 6) of a rank-4 field are converted to Cartesian tensors
-(:mod:`tensorframe.io.voigt`): e_ijk = e_iJ for ``piezo``, d_ijk = d_iJ / 2 for shear J for
-``piezo_strain``, C_ijkl = C_IJ for ``elastic``; ``voigt={field: kind}`` overrides the kind.
+calculator columns (``energy``, ``forces``, ``stress``, ``dipole``), under the names of
+registered fields, renamed by ``key_map`` (data keys may contain spaces). ASE stores the
+``stress`` column as a Voigt 6-vector xx yy zz yz xz xy in ASE's sign (positive under
+tension), read as a (3, 3) tensor in eV/Å^3, on rows periodic in all three directions only;
+a ``virial`` (eV, ``W = -V sigma``) comes from ``data`` (see :mod:`tensorframe.io.stress`).
+Labels with the Voigt shape (3, 6) of a rank-3 field or (6, 6) of a rank-4 field are
+converted to Cartesian tensors (:mod:`tensorframe.io.voigt`): e_ijk = e_iJ for ``piezo``,
+d_ijk = d_iJ / 2 for shear J for ``piezo_strain``, C_ijkl = C_IJ for ``elastic``;
+``voigt={field: kind}`` overrides the kind.
 
 Example, the ABO3 P4mm set (see its PROVENANCE.md; the source flips the sign of whole piezo
 tensors by a heuristic, so their sign is not tied to the stored positions)::
@@ -27,6 +31,7 @@ from typing import Any
 from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import check_units, collect_labels, voigt_kinds
+from tensorframe.io.stress import check_stress_cell
 from tensorframe.types import Sample
 
 
@@ -53,7 +58,8 @@ def read_asedb(
     Raises:
         FileNotFoundError: no such file.
         ValueError: naming the file, the structure (row id) and the field: not a database,
-            bad labels (wrong size, NaN, missing in some rows), unknown elements, overlaps.
+            bad labels (wrong size, NaN, missing in some rows, a stress on a row not periodic
+            in 3D), unknown elements, overlaps.
     """
     import ase.db
 
@@ -76,7 +82,9 @@ def read_asedb(
     for row in rows:
         where = f"{path}: structure {len(samples)} (row id {row.id})"
         sample = structure_sample(lambda row=row: to_sample(row.toatoms()), where, min_distance)
-        labels = collect_labels(_sources(row), fields, key_map, sample.num_atoms, where, kinds, scales)
+        sources = _sources(row)
+        labels = collect_labels(sources, fields, key_map, sample.num_atoms, where, kinds, scales)
+        check_stress_cell(labels, sample.pbc, where, sources, key_map)
         samples.append(sample.with_targets(labels))
         wheres.append(where)
     if not samples:
@@ -87,7 +95,7 @@ def read_asedb(
 
 def _sources(row: Any) -> dict[str, Any]:
     sources: dict[str, Any] = {}
-    for column in ("energy", "forces", "dipole"):
+    for column in ("energy", "forces", "stress", "dipole"):
         value = row.get(column)
         if value is not None:
             sources[column] = value

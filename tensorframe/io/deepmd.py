@@ -32,6 +32,13 @@ Older DeePMD data name per-selected-atom labels ``dipole.npy`` / ``polarizabilit
 a ``dipole.npy`` with more than 3 (or ``polarizability.npy`` with more than 9) columns is
 read as atomic.
 
+Stress: DeePMD stores the virial ``W = -V sigma`` (eV). ``stress=True`` also gives each frame
+the ``stress`` ``sigma = -W / V`` (eV/Å^3, ASE's sign: positive under tension), V the volume of
+its box; ``key_map={"virial": "stress"}`` gives the stress instead of the virial. Either needs
+a periodic system: a ``nopbc`` system (or ``pbc=False``) with a stress asked for is an error,
+never a stress from a zero volume. ``units={"virial": ...}`` converts virial.npy before the
+division (see :mod:`tensorframe.io.stress`).
+
 Units: DeePMD stores Å, eV and eV/Å, as tensorframe does: no conversion. Dipoles and
 polarizabilities are stored as given (DeePMD does not fix their units; pass ``units=`` to
 convert). Other label files are ignored unless ``key_map`` maps their stem to a field.
@@ -47,6 +54,7 @@ import numpy as np
 from tensorframe.fields import FieldSpec
 from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, not_found, structure_sample
 from tensorframe.io.labels import check_units, label_array
+from tensorframe.io.stress import not_periodic, virial_to_stress
 from tensorframe.types import Sample
 
 # file stem -> field; global and atomic variants told apart by width (see module docstring)
@@ -79,6 +87,7 @@ def read_deepmd(
     pbc: bool | None = None,
     units: dict[str, str] | None = None,
     min_distance: float = MIN_DISTANCE,
+    stress: bool = False,
 ) -> list[Sample]:
     """Every frame of every system under ``path``.
 
@@ -90,11 +99,14 @@ def read_deepmd(
             False forces open boundaries.
         units: {field: unit of the files}, converted to tensorframe's units.
         min_distance: atoms closer than this (Å) are an error; 0 turns the check off.
+        stress: also give ``stress = -virial / V`` (3, 3) in eV/Å^3 per frame (periodic
+            systems only); ``key_map={"virial": "stress"}`` gives it instead of the virial.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: naming the file, the structure (frame) and the field: no system found,
-            unreadable or wrongly shaped arrays, unknown elements, NaN labels, overlapping atoms.
+            unreadable or wrongly shaped arrays, unknown elements, NaN labels, overlapping atoms,
+            a stress asked for on a non-periodic system or a set without virial.npy.
     """
     from tensorframe.registry import get_registry
 
@@ -110,10 +122,19 @@ def read_deepmd(
     if unknown:
         raise ValueError(f"key_map: unknown field(s) {unknown}; valid choices: {', '.join(sorted(fields))}")
     scales = check_units(units)
+    from_virial = stress or files.get("virial") == "stress"
+    if files.get("virial") == "stress":
+        del files["virial"]  # virial.npy becomes the stress, not a label of its own
+    if from_virial and "stress" in files.values():
+        stem = next(k for k, v in files.items() if v == "stress")
+        raise ValueError(f"key_map: {stem!r} -> 'stress', but the stress is derived from virial.npy; map one of them")
+    if from_virial and "stress" in scales:
+        raise ValueError("units: 'stress' is derived from virial.npy (stress = -virial / V); "
+                         "give the unit of virial.npy as units={'virial': ...}")
     samples: list[Sample] = []
     wheres: list[str] = []
     for system in systems:
-        _read_system(system, type_map, sel_type, files, fields, pbc, scales, min_distance, samples, wheres)
+        _read_system(system, type_map, sel_type, files, fields, pbc, scales, min_distance, from_virial, samples, wheres)
     check_same_labels(samples, wheres)
     return samples
 
@@ -121,9 +142,10 @@ def read_deepmd(
 def _read_system(
     system: Path, type_map: Sequence[str] | None, sel_type: Sequence[str] | None, files: dict[str, str],
     fields: dict[str, FieldSpec], pbc: bool | None, scales: dict[str, float], min_distance: float,
-    samples: list[Sample], wheres: list[str],
+    from_virial: bool, samples: list[Sample], wheres: list[str],
 ) -> None:
-    """Append the frames of one system (every set) to ``samples`` / ``wheres``."""
+    """Append the frames of one system (every set) to ``samples`` / ``wheres``; with
+    ``from_virial``, each frame's ``stress`` is derived from virial.npy."""
     numbers = _atomic_numbers(system, type_map)
     types = _load_raw(system / "type.raw", int)
     num_atoms = len(numbers)
@@ -146,7 +168,10 @@ def _read_system(
             spec = fields[field]
             if field in SELECTED_TYPE_FIELDS:
                 array = _expand_selected(array, numbers, types, sel_type, spec, file)
-            labels[field] = (file, array)
+            labels[field] = (file, array, scales.get(field, 1.0))
+        if from_virial:
+            labels["stress"] = _stress_from_virial(set_dir, box, periodic, scales.get("virial", 1.0), frames,
+                                                   f"structure {len(samples)} (frame 0 of this set)")
         for frame in range(frames):
             where = f"{set_dir}: structure {len(samples)} (frame {frame} of this set)"
             cell = box[frame].reshape(3, 3) if box is not None else np.zeros((3, 3))
@@ -156,11 +181,27 @@ def _read_system(
             targets = {
                 field: label_array(array[frame], fields[field], num_atoms,
                                    f"{file}: structure {len(samples)} (frame {frame} of this set)",
-                                   scale=scales.get(field, 1.0))
-                for field, (file, array) in labels.items()
+                                   scale=scale)
+                for field, (file, array, scale) in labels.items()
             }
             samples.append(sample.with_targets(targets))
             wheres.append(where)
+
+
+def _stress_from_virial(set_dir: Path, box: np.ndarray | None, periodic: bool, scale: float, frames: int,
+                        structure: str) -> tuple[Path, np.ndarray, float]:
+    """(virial.npy, stress (frames, 9) in eV/Å^3, 1.0): ``sigma = -W / V`` per frame, W in eV after ``scale``."""
+    file = set_dir / "virial.npy"
+    where = f"{file}: {structure}"
+    if box is None or not periodic:
+        raise not_periodic(np.zeros(3, dtype=bool), where, "virial",
+                           "; this system is not periodic (nopbc marker or pbc=False): read virial.npy as a virial")
+    if not file.exists():
+        raise ValueError(f"{set_dir}: {structure}, field 'stress': derived from virial.npy, which this set lacks")
+    virial = _load(file, (9,), frames) * scale
+    with np.errstate(divide="ignore", invalid="ignore"):  # a flat box fails the structure check of its frame
+        stress = virial_to_stress(virial.reshape(frames, 3, 3), box.reshape(frames, 3, 3))
+    return file, stress.reshape(frames, 9), 1.0
 
 
 def _atomic_numbers(system: Path, type_map: Sequence[str] | None) -> np.ndarray:

@@ -8,7 +8,9 @@ and complain the same way:
 - a label in Voigt form is converted with :mod:`tensorframe.io.voigt`: always when its array
   has the Voigt shape (3, 6) of a rank-3 or (6, 6) of a rank-4 field (nothing else has those
   shapes), and for flat lists or rank-2 6-vectors only when the reader's ``voigt`` option
-  names the field (6 numbers may also be a truncated 3x3);
+  names the field (6 numbers may also be a truncated 3x3); ``stress`` is the exception
+  (:data:`VOIGT_SIX`): ASE stores it as a 6-vector xx yy zz yz xz xy, so 6 numbers are
+  always read as Voigt;
 - ``units={field: unit}`` multiplies by :func:`tensorframe.io.units.factor`.
 
 Errors are :class:`LabelError` (a ValueError) naming the file and structure (``where``),
@@ -42,6 +44,10 @@ DEFAULT_KEY_MAP: dict[str, str] = {
 
 # Voigt kind of a field when the user does not say (see tensorframe.io.voigt).
 DEFAULT_VOIGT_KIND: dict[str, str] = {"piezo_strain": "strain"}
+
+# Rank-2 fields whose 6 numbers are always a Voigt vector (xx yy zz yz xz xy): ASE's
+# calculators, extended XYZ and databases store the stress so.
+VOIGT_SIX: frozenset[str] = frozenset({"stress"})
 
 
 class LabelError(InputError):
@@ -90,7 +96,8 @@ def label_array(
     shape = lead + spec.shape
     if spec.rank in (2, 3, 4):
         voigt_shape = lead + voigt_module.voigt_shape(spec.rank)
-        automatic = spec.rank in (3, 4) and array.shape == voigt_shape
+        automatic = (spec.rank in (3, 4) and array.shape == voigt_shape) or (
+            spec.name in VOIGT_SIX and array.size == int(np.prod(voigt_shape)))
         if voigt_kind is not None or automatic:
             if array.size != int(np.prod(voigt_shape)):
                 raise LabelError(
@@ -100,6 +107,11 @@ def label_array(
             kind = voigt_kind or DEFAULT_VOIGT_KIND.get(spec.name, "stress")
             array = voigt_module.to_cartesian(array.reshape(voigt_shape), spec.rank, kind)  # type: ignore[arg-type]
     if array.size != int(np.prod(shape)):
+        if spec.name in VOIGT_SIX:
+            raise LabelError(
+                f"{what}: expected a 3x3 tensor, 9 numbers (row-major) or a Voigt 6-vector (xx yy zz yz xz xy), "
+                f"got shape {array.shape}"
+            )
         raise LabelError(f"{what}: expected {int(np.prod(shape))} numbers for shape {shape}, got shape {array.shape}")
     array = array.reshape(shape)
     if not np.all(np.isfinite(array)):

@@ -4,7 +4,7 @@ Built-in formats (``format=`` names; options in each reader's docstring and docs
 
     ase     extended XYZ, CIF, POSCAR, ... (anything ase reads)   .xyz .extxyz .cif .vasp POSCAR ...
     deepmd  DeePMD-kit npy systems                                a directory with type.raw
-    vasp    VASP OUTCAR / vasprun.xml (LEPSILON, LCALCEPS)       OUTCAR*, vasprun*.xml*
+    vasp    VASP OUTCAR / vasprun.xml (LEPSILON, LCALCEPS; E, F, stress)  OUTCAR*, vasprun*.xml*
     etgnn   ETGNN layout: id_prop.csv + <ID>.vasp / <ID>.cif      a directory with id_prop.csv, .csv
     asedb   ASE databases                                         .db
 """

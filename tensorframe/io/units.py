@@ -33,6 +33,8 @@ UNITS: dict[str, dict[str, float]] = {
     "forces": {"eV/Å": 1.0, "eV/A": 1.0, "Ha/bohr": HARTREE / BOHR, "a.u.": HARTREE / BOHR, "Ry/bohr": RYDBERG / BOHR,
                "kcal/mol/Å": KCAL_PER_MOL, "kcal/mol/A": KCAL_PER_MOL},
     "virial": _ENERGY,
+    "stress": {"eV/Å^3": 1.0, "eV/A^3": 1.0, "eV/Å³": 1.0, "GPa": 1 / EV_PER_A3, "kBar": 0.1 / EV_PER_A3,
+               "kbar": 0.1 / EV_PER_A3, "kB": 0.1 / EV_PER_A3},
     "dipole": _DIPOLE,
     "atomic_dipole": {**_DIPOLE, "Å": 1.0, "A": 1.0, "bohr": BOHR},
     "born_charges": {"e": 1.0},

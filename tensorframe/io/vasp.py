@@ -1,5 +1,6 @@
-"""VASP linear-response output (LEPSILON / LCALCEPS, DFPT or finite differences) through
-pymatgen: OUTCAR or vasprun.xml, plain or compressed (.gz, .bz2, .xz).
+"""VASP output: linear-response tensors (LEPSILON / LCALCEPS, DFPT or finite differences)
+through pymatgen, energy, forces and stress through ase; OUTCAR or vasprun.xml, plain or
+compressed (.gz, .bz2, .xz).
 
 One file gives one structure (the input structure of the run: the initial positions of
 vasprun.xml, the first ionic configuration of the OUTCAR) with the labels found in it:
@@ -17,11 +18,19 @@ vasprun.xml, the first ionic configuration of the OUTCAR) with the labels found 
   relaxed-ion = electronic + ionic), ``"electronic"`` (clamped-ion) or ``"ionic"``. VASP
   prints the columns as XX YY ZZ XY YZ ZX; ``PiezoTensor.from_vasp_voigt`` converts them,
   e_ijk = e_iJ (stress-type, no factor 2).
+- ``energy`` (eV, ase's ``energy``: energy(sigma->0)), ``forces`` (N, 3) in eV/Å and
+  ``stress`` (3, 3) in eV/Å^3 of the first ionic step, read by ase (``vasp-out``,
+  ``vasp-xml``). VASP prints the stress ``in kB`` with the opposite sign (positive under
+  compression) and OUTCAR's columns as XX YY ZZ XY YZ ZX; ase gives ``sigma = -0.1 GPa * kB``
+  in Voigt order, tensorframe's convention (positive under tension; :mod:`tensorframe.io.stress`).
+  With ``structure=``, they are kept only when that structure is the file's first
+  configuration (within 1e-3 Å), else left out with a warning. For every ionic step of a
+  relaxation or MD run, read the file with the ``ase`` reader (``index=":"``).
 
 All tensors are in the Cartesian frame of the run's lattice vectors, the same frame as the
 positions returned. A component that is asked for explicitly and absent is an error; with
 the defaults, absent components are left out (a warning says so for a piezo tensor without
-its ionic part). Units need no conversion (e, dimensionless, C/m^2).
+its ionic part). Units need no conversion (e, dimensionless, C/m^2, eV, eV/Å, eV/Å^3).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import numpy as np
 from tensorframe.io.checks import MIN_DISTANCE, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import label_array
+from tensorframe.io.stress import require_periodic
 from tensorframe.types import Sample
 
 Component = Literal["electronic", "ionic", "total"]
@@ -47,6 +57,10 @@ _MARKERS = {
     "piezo_electronic": re.compile(r"PIEZOELECTRIC TENSOR\s+for field in x, y, z\s+\(C/m\^2\)"),
     "piezo_ionic": re.compile(r"PIEZOELECTRIC TENSOR IONIC CONTR\s+for field in x, y, z\s+\(C/m\^2\)"),
 }
+GROUND_STATE = ("energy", "forces", "stress")
+"""Labels of the first ionic step, from ase's calculator results."""
+SAME_CONFIGURATION = 1e-3
+"""Å: a ``structure=`` file this close to the first ionic configuration keeps its energy, forces, stress."""
 
 
 def read_vasp(
@@ -56,7 +70,8 @@ def read_vasp(
     structure: str | Path | None = None,
     min_distance: float = MIN_DISTANCE,
 ) -> list[Sample]:
-    """One Sample with the Born charges, dielectric and piezo tensors of a VASP run.
+    """One Sample with the Born charges, dielectric and piezo tensors, energy, forces and
+    stress of a VASP run (those the file holds).
 
     Args:
         dielectric: which dielectric tensor goes to ``dielectric`` (default electronic).
@@ -64,12 +79,13 @@ def read_vasp(
         structure: a POSCAR/CONTCAR to take the structure from instead of the file itself.
         min_distance: atoms closer than this (Å) are an error; 0 turns the check off.
 
-    Shapes: born_charges (N, 3, 3), dielectric (3, 3), piezo (3, 3, 3).
+    Shapes: born_charges (N, 3, 3), dielectric (3, 3), piezo (3, 3, 3), energy (),
+    forces (N, 3), stress (3, 3).
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: naming the file and the field: unreadable or truncated file, no
-            linear-response labels, a requested component absent, a wrong number of ions.
+            labels, a requested component absent, a wrong number of ions.
     """
     path = Path(path)
     if not path.exists():
@@ -81,15 +97,17 @@ def read_vasp(
     if _is_vasprun(path):
         if piezo is not None:
             raise ValueError(f"{path}: vasprun.xml holds no piezoelectric tensor; read the OUTCAR for piezo")
-        atoms, parts = _read_vasprun(path)
+        atoms, parts, step = _read_vasprun(path)
     else:
         atoms, parts = _read_outcar(path)
+        step = atoms
     if structure is not None:
         import ase.io
 
         atoms = ase.io.read(str(structure))
     sample = structure_sample(lambda: to_sample(atoms), where, min_distance)
-    return [sample.with_targets(_labels(parts, dielectric, piezo, sample.num_atoms, where, path))]
+    ground = _ground_state(step, sample, where, same=atoms is step)
+    return [sample.with_targets(_labels(parts, ground, dielectric, piezo, sample, where, path))]
 
 
 def _is_vasprun(path: Path) -> bool:
@@ -114,15 +132,18 @@ def _read_outcar(path: Path) -> tuple[object, dict[str, np.ndarray]]:
         with zopen(str(path), "rt") as handle:
             text = handle.read()
         found = {key: bool(pattern.search(text)) for key, pattern in _MARKERS.items()}
-        outcar = Outcar(str(path))
-        if not getattr(outcar, "lepsilon", False) and (found["born"] or found["eps_electronic"]):
-            outcar.read_lepsilon()  # LCALCEPS runs, which pymatgen reads only for LEPSILON = T
-        if (found["eps_ionic"] or found["piezo_ionic"]) and not hasattr(outcar, "dielectric_ionic_tensor"):
-            outcar.read_lepsilon_ionic()  # finite-difference runs (IBRION = 5, 6)
         atoms = ase.io.read(str(path), index=0, format="vasp-out")
+        if any(found.values()):  # pymatgen only for linear response (it needs a complete header)
+            outcar = Outcar(str(path))
+            if not getattr(outcar, "lepsilon", False) and (found["born"] or found["eps_electronic"]):
+                outcar.read_lepsilon()  # LCALCEPS runs, which pymatgen reads only for LEPSILON = T
+            if (found["eps_ionic"] or found["piezo_ionic"]) and not hasattr(outcar, "dielectric_ionic_tensor"):
+                outcar.read_lepsilon_ionic()  # finite-difference runs (IBRION = 5, 6)
     except Exception as error:  # noqa: BLE001 - pymatgen/ase raise many kinds for a broken file
         raise ValueError(f"{path}: cannot be read as a VASP OUTCAR (truncated?): {type(error).__name__}: {error}") from None
     parts: dict[str, np.ndarray] = {}
+    if not any(found.values()):
+        return atoms, parts
     born = np.asarray(getattr(outcar, "born", []), dtype=np.float64)
     if found["born"] and born.size:
         parts["born"] = born
@@ -137,7 +158,10 @@ def _read_outcar(path: Path) -> tuple[object, dict[str, np.ndarray]]:
     return atoms, parts
 
 
-def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray]]:
+def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray], object]:
+    """The initial structure (pymatgen), the linear-response parts, and ase's Atoms of the
+    first ionic step (with its calculator results)."""
+    import ase.io
     from pymatgen.io.vasp.outputs import Vasprun
 
     try:
@@ -146,6 +170,7 @@ def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray]]:
             run = Vasprun(str(path), parse_dos=False, parse_eigen=False, parse_projected_eigen=False,
                           parse_potcar_file=False, exception_on_bad_xml=True)
         born = _vasprun_born_charges(path)
+        step = ase.io.read(str(path), index=0, format="vasp-xml")
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"{path}: cannot be read as a VASP vasprun.xml (truncated?): {type(error).__name__}: {error}") from None
     parts: dict[str, np.ndarray] = {}
@@ -155,7 +180,7 @@ def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray]]:
         parts["eps_electronic"] = np.asarray(run.epsilon_static, dtype=np.float64)
     if len(run.epsilon_ionic):
         parts["eps_ionic"] = np.asarray(run.epsilon_ionic, dtype=np.float64)
-    return run.initial_structure, parts
+    return run.initial_structure, parts, step
 
 
 def _vasprun_born_charges(path: Path) -> np.ndarray | None:
@@ -172,11 +197,42 @@ def _vasprun_born_charges(path: Path) -> np.ndarray | None:
     return None
 
 
-def _labels(parts: dict[str, np.ndarray], dielectric: str | None, piezo: str | None, num_atoms: int,
-            where: str, path: Path) -> dict[str, np.ndarray]:
+def _ground_state(step: object, sample: Sample, where: str, same: bool) -> dict[str, np.ndarray]:
+    """Energy, forces and Voigt stress of the first ionic step (``step``: ase Atoms with
+    calculator results), when ``sample`` is that configuration (always, when ``same``)."""
+    results = getattr(getattr(step, "calc", None), "results", {})
+    found = {name: np.asarray(results[name]) for name in GROUND_STATE if results.get(name) is not None}
+    if not found or same:
+        return found
+    shift = _distance(sample, to_sample(step))
+    if shift > SAME_CONFIGURATION:
+        warnings.warn(
+            f"{where}: the structure read is not the file's first ionic configuration (off by {shift:.3g} Å); "
+            f"its {', '.join(found)} are left out",
+            stacklevel=4,
+        )
+        return {}
+    return found
+
+
+def _distance(a: Sample, b: Sample) -> float:
+    """Largest distance (Å) between corresponding atoms (minimum image) or cell vectors; inf
+    for different species."""
+    if a.num_atoms != b.num_atoms or not np.array_equal(a.numbers, b.numbers):
+        return float("inf")
+    delta = a.positions - b.positions
+    if a.pbc.all():
+        frac = delta @ np.linalg.inv(a.cell)
+        delta = (frac - np.round(frac)) @ a.cell
+    return float(max(np.linalg.norm(delta, axis=1).max(), np.abs(a.cell - b.cell).max()))
+
+
+def _labels(parts: dict[str, np.ndarray], ground: dict[str, np.ndarray], dielectric: str | None, piezo: str | None,
+            sample: Sample, where: str, path: Path) -> dict[str, np.ndarray]:
     from tensorframe.registry import get_registry
 
     fields = get_registry().items["field"]
+    num_atoms = sample.num_atoms
     labels: dict[str, np.ndarray] = {}
     if "born" in parts:
         born = parts["born"]
@@ -189,10 +245,14 @@ def _labels(parts: dict[str, np.ndarray], dielectric: str | None, piezo: str | N
     piezo_tensor = _component(parts, "piezo", piezo or "total", explicit=piezo is not None, path=path, field="piezo")
     if piezo_tensor is not None:
         labels["piezo"] = label_array(piezo_tensor, fields["piezo"], num_atoms, where)
+    for name, value in ground.items():
+        labels[name] = label_array(value, fields[name], num_atoms, where)
+    if "stress" in labels:
+        require_periodic(sample.pbc, where)
     if not labels:
         raise ValueError(
-            f"{where}: no Born charges, dielectric or piezoelectric tensor found; expected the output of a "
-            f"LEPSILON or LCALCEPS run"
+            f"{where}: no Born charges, dielectric or piezoelectric tensor, energy, forces or stress found; "
+            f"expected the output of a LEPSILON or LCALCEPS run, or of an ionic step"
         )
     return labels
 

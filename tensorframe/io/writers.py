@@ -3,7 +3,10 @@
 Flattening is row-major everywhere: a per-atom ``born_charges`` (N, 3, 3) becomes 9 columns
 ``Z_xx Z_xy Z_xz Z_yx ...`` (first index the field direction, second the displacement), a
 structure-level ``dielectric`` (3, 3) becomes 9 numbers in ``info``. The ``ase`` reader
-reshapes the same way, so a file written here reads back as labels.
+reshapes the same way, so a file written here reads back as labels. ``stress`` and
+``virial`` (3, 3) go to ``info`` as 3x3 matrices under those names, which extended XYZ
+treats specially: ase reads ``stress=`` back as its calculator's stress (``atoms.get_stress()``,
+Voigt, tensorframe's sign) and ``virial=`` as a 3x3 ``info`` entry.
 
 BORN (phonopy's non-analytical-term input)::
 
@@ -50,7 +53,8 @@ def write_predictions_extxyz(
     not in it are looked up in the field registry.
 
     Shapes: an atom-level prediction (N, 3, ...) is written as N rows of 3**rank numbers;
-    a structure-level one (3, ...) as 3**rank numbers (a scalar as one number).
+    a structure-level one (3, ...) as 3**rank numbers (a scalar as one number); ``stress``
+    and ``virial`` (3, 3) as 3x3 matrices (ase's own layout for these keys).
     """
     import ase.io
 
@@ -61,10 +65,16 @@ def write_predictions_extxyz(
             value = np.asarray(value, dtype=np.float64)
             if _level(name, levels) == "atom":
                 atoms.arrays[name] = value.reshape(sample.num_atoms, -1)
+            elif name in _ASE_3X3 and value.size == 9:
+                atoms.info[name] = value.reshape(3, 3)
             else:
                 atoms.info[name] = float(value) if value.ndim == 0 else value.reshape(-1)
         frames.append(atoms)
     ase.io.write(str(path), frames, format="extxyz")
+
+
+# info keys ase's extended XYZ reads as 3x3 matrices (``stress`` into its calculator)
+_ASE_3X3 = ("stress", "virial")
 
 
 def _level(name: str, levels: Mapping[str, str] | None) -> str:
