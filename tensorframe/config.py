@@ -73,6 +73,12 @@ class ModelConfig(BaseModel):
         description="forces, stress and virial as derivatives of the energy head: F = -dE/dr, "
         "sigma = (1/V) dE/d(strain), W = -dE/d(strain); needs an energy head and no head of its own for them",
     )
+    pair_repulsion: bool = Field(
+        default=False,
+        description="add the ZBL screened nuclear repulsion to the energy at close contact (as MACE's "
+        "pair_repulsion): keeps MD from pulling atoms together where the training data has no structures; "
+        "needs conservative: true",
+    )
     backbone: PluginChoice
     heads: list[PluginChoice] = Field(min_length=1)
     lifting: LiftingConfig = LiftingConfig()

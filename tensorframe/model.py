@@ -21,6 +21,8 @@ from tensorframe.heads.base import Head
 from tensorframe.io.convert import to_sample
 from tensorframe.lifting import TripletLifting
 from tensorframe.normalization import FieldScaling
+from tensorframe.ops.repulsion import zbl_edge_energy
+from tensorframe.ops.scatter import scatter_sum
 from tensorframe.registry import PluginError, Registry, get_registry
 from tensorframe.specs import FeatureDims, GraphSettings
 from tensorframe.types import Graph, InvariantFeatures, Sample
@@ -36,7 +38,8 @@ class TensorModel(nn.Module):
     With ``config.conservative`` the model also predicts the derivatives of its energy head
     (:func:`tensorframe.conservative.energy_derivatives`): ``forces`` (N, 3) = -dE/dr,
     ``virial`` (B, 3, 3) = -dE/d(strain) and ``stress`` (B, 3, 3) = -virial / V, NaN for
-    structures that are not periodic in all three directions.
+    structures that are not periodic in all three directions. ``config.pair_repulsion`` adds
+    the ZBL repulsion (:mod:`tensorframe.ops.repulsion`) to that energy.
     """
 
     def __init__(self, config: ModelConfig, backbone: Backbone, heads: Sequence[Head], lifting: TripletLifting | None) -> None:
@@ -53,6 +56,9 @@ class TensorModel(nn.Module):
             {head.field.name: FieldScaling(head.field, keep_identity=getattr(head, "add_identity", False)) for head in heads}
         )
         self.derived_fields: dict[str, FieldSpec] = {}
+        if config.pair_repulsion and not config.conservative:
+            raise ConfigError("pair_repulsion: the ZBL repulsion enters the energy, and forces only through "
+                              "-dE/dr; set conservative: true (with an energy head) to use it")
         if config.conservative:
             check_conservative_heads(self.heads)
             self.derived_fields = {name: builtin_field(name) for name in DERIVED_FIELDS}
@@ -103,7 +109,12 @@ class TensorModel(nn.Module):
         """The outputs of the heads ``names`` (default: all), without derivatives."""
         names = list(self.heads) if names is None else list(names)
         features = self.features(graph)
-        return {name: self.scaling[name](self.heads[name](graph, features), graph) for name in names}
+        outputs = {name: self.scaling[name](self.heads[name](graph, features), graph) for name in names}
+        if self.config.pair_repulsion and "energy" in outputs:
+            pair = zbl_edge_energy(graph.edge_len, graph.numbers.index_select(0, graph.idx_i),
+                                   graph.numbers.index_select(0, graph.idx_j), graph.cutoff)
+            outputs["energy"] = outputs["energy"] + scatter_sum(pair.double(), graph.edge_batch, graph.num_structures)
+        return outputs
 
     def _reference(self) -> torch.Tensor:
         return next(self.parameters())

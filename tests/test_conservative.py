@@ -233,3 +233,36 @@ def test_energies_are_summed_in_float64_in_a_float32_model():
     assert abs(float(energy[0] - reference)) < 1e-9
     float32_total = float(torch.tensor(float(reference), dtype=torch.float32))
     assert abs(float32_total - float(reference)) > 1e-5  # what a float32 energy would lose
+
+
+# ---------------------------------------------------------------- ZBL pair repulsion
+
+
+def test_pair_repulsion_is_zbl_at_close_contact_and_stays_conservative():
+    from tensorframe.ops.repulsion import zbl_edge_energy
+
+    heads = ({"name": "energy", "hidden": 8},)
+    torch.manual_seed(0)
+    config = {"cutoff": 3.5, "triplet_cutoff": 3.0, "conservative": True, "pair_repulsion": True,
+              "backbone": BACKBONE, "heads": list(heads), "lifting": {"hidden": 8, "out_dim": 8}}
+    model = tf.build_model(config).double().eval()
+    plain = conservative_model(heads)
+    plain.scaling["energy"].set(1.0)
+    # Two oxygens 0.6 Å apart: ZBL gives ~116 eV, ours is the learned energy plus exactly that.
+    pair = Sample([8, 8], [[0.0, 0.0, 0.0], [0.6, 0.0, 0.0]])
+    zbl = 2 * float(zbl_edge_energy(torch.tensor([0.6], dtype=torch.float64), torch.tensor([8]), torch.tensor([8]), 3.5)[0])
+    assert 100 < zbl < 130
+    difference = evaluate(model, [pair])["energy"] - evaluate(plain, [pair])["energy"]
+    assert float(difference[0]) == pytest.approx(zbl, rel=1e-12)
+    assert float(evaluate(model, [pair])["forces"][1, 0]) > 100  # pushed apart
+    # Zero beyond the covalent-radius sum (1.32 Å for O-O), smooth, and F = -dE/dr still holds.
+    far = Sample([8, 8], [[0.0, 0.0, 0.0], [1.4, 0.0, 0.0]])
+    assert float((evaluate(model, [far])["energy"] - evaluate(plain, [far])["energy"])[0]) == 0.0
+    assert_forces_match_finite_differences(model, Sample([8, 8, 1], [[0, 0, 0], [0.9, 0.1, 0], [0.2, 0.8, 0.1]]))
+    assert_stress_matches_finite_differences(model, Sample([8, 1], [[0, 0, 0], [0.7, 0.3, 0.1]], np.eye(3) * 2.5,
+                                                           [True] * 3))
+
+
+def test_pair_repulsion_needs_conservative():
+    with pytest.raises(ConfigError, match="pair_repulsion: .*set conservative: true"):
+        tf.build_model({"pair_repulsion": True, "backbone": BACKBONE, "heads": [{"name": "energy"}]})
