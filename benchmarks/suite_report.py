@@ -243,9 +243,47 @@ def section(result: dict[str, Any], json_name: str, speed: dict[str, Any] | None
                               "edges / atom", "triplets / atom"], summary), "",
               "Edges per atom are the work per atom of the edge models (the e3nn peer, MACE); triplets per atom "
               "that of ETGNN's triplet messages (test split, the task's cutoffs).", ""]
+    lines += forces_comparison(tasks)
     for name, task in tasks.items():
         lines.append(task_section(name, task))
     return "\n".join(lines)
+
+
+def forces_comparison(tasks: dict[str, Any]) -> list[str]:
+    """A table of force test MAE per backbone, direct (force head) beside conservative
+    (-dE/dr of an energy head), with the peers, on every task that ran both."""
+    from benchmarks.suite import CONSERVATIVE_SUFFIX
+
+    rows, backbones = [], []
+    for name, task in tasks.items():
+        records = task.get("backbones", {})
+        conservative = [n for n in records if n.endswith(CONSERVATIVE_SUFFIX) and "fields" in records[n]]
+        if not conservative or "forces" not in task.get("targets", {}):
+            continue
+        for n in conservative:
+            base = n[: -len(CONSERVATIVE_SUFFIX)]
+            if base not in backbones:
+                backbones.append(base)
+        rows.append((name, records, task.get("peers", {})))
+    if not rows:
+        return []
+
+    def mae(record: dict[str, Any] | None) -> str:
+        value = (record or {}).get("fields", {}).get("forces", {}).get("mae")
+        return _g(value) if value is not None else "–"
+
+    peers = sorted({p for _, _, ps in rows for p, r in ps.items() if r.get("fields", {}).get("forces")})
+    header = ["task", *[f"{b} direct / conservative" for b in backbones], *[f"peer {p}" for p in peers]]
+    table = [[name, *[f"{mae(records.get(b))} / {mae(records.get(b + CONSERVATIVE_SUFFIX))}" for b in backbones],
+              *[mae(ps.get(p)) for p in peers]] for name, records, ps in rows]
+    return ["### Direct and conservative forces", "",
+            "Force test MAE (eV/Å), same split and wall-clock budget, from the runs listed above (a budget in "
+            "seconds gives fewer epochs to a slower model, and to one whose run shared the CPU): direct = the "
+            "paper's force head (Eq. 3); "
+            "conservative = `model.conservative: true`, forces = -dE/dr of an energy head trained on the same "
+            "force labels (the peers MACE and PaiNN are conservative too). Other fields of a task are predicted "
+            "beside them by the same heads in both.", "",
+            markdown_table(header, table), ""]
 
 
 def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS, speed: dict[str, Any] | None = None) -> None:
@@ -253,4 +291,4 @@ def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS, speed
     replace_section(docs, "suite", section(result, str(rel), speed))
 
 
-__all__ = ["load_speed", "merge", "merge_task", "section", "with_speed", "write_docs"]
+__all__ = ["forces_comparison", "load_speed", "merge", "merge_task", "section", "with_speed", "write_docs"]

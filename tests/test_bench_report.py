@@ -68,3 +68,21 @@ def test_merging_a_merged_report_keeps_every_run_and_names_them():
     assert "peers only" in line and "commit abc1234" in line and "no peers" in line
     assert "not re-timed" in line
     assert _parts_lines(first, speed=None) == []
+
+
+def test_conservative_variants_and_the_forces_comparison_table():
+    from benchmarks.suite import conservative_heads, etgnn_variants, split_model_name
+    from benchmarks.suite_report import forces_comparison
+
+    assert split_model_name("schnet-conservative") == ("schnet", True)
+    assert split_model_name("etgnn-lean") == ("etgnn-lean", False)
+    assert conservative_heads([{"name": "force"}, {"name": "born"}]) == [{"name": "energy"}, {"name": "born"}]
+    record = lambda mae: {"fields": {"forces": {"mae": mae}}, "config": {"name": "etgnn"}}  # noqa: E731
+    task = {"targets": {"forces": 1.0},
+            "backbones": {"etgnn": record(0.3), "etgnn-conservative": record(0.2)},
+            "peers": {"painn": {"fields": {"forces": {"mae": 0.25}}}, "mace": {"supported": False}}}
+    assert etgnn_variants(task) == ["etgnn"]  # bar 2 is about the paper's direct model
+    lines = forces_comparison({"water-forces": task, "no-forces": {"targets": {"dipole": 1.0}, "backbones": {}}})
+    table = "\n".join(lines)
+    assert "| water-forces | 0.3 / 0.2 | 0.25 |" in table and "no-forces" not in table and "peer mace" not in table
+    assert forces_comparison({"x": {"targets": {"forces": 1.0}, "backbones": {"etgnn": record(0.3)}}}) == []

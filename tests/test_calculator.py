@@ -195,3 +195,68 @@ def test_a_bad_checkpoint_path_is_named(tmp_path):
         TensorframeCalculator(tmp_path / "nope.pt")
     with pytest.raises(TypeError, match="expected a TensorModel or a checkpoint path"):
         TensorframeCalculator(object())
+
+
+CONSERVATIVE_HEADS = [{"name": "energy", "hidden": 8}, {"name": "born", "hidden": 8}]
+
+
+def conservative_model(seed: int = 4) -> tensorframe.TensorModel:
+    config = {"cutoff": 3.5, "triplet_cutoff": 3.0, "conservative": True,
+              "backbone": {"name": "reference", "hidden": 8, "num_radial": 6},
+              "heads": CONSERVATIVE_HEADS, "lifting": {"hidden": 8, "out_dim": 8}}
+    torch.manual_seed(seed)
+    model = tensorframe.build_model(config).double().eval()
+    model.scaling["energy"].set(20.0)
+    return model
+
+
+def test_conservative_calculator_gives_energy_forces_stress_and_every_field():
+    model = conservative_model()
+    calc = TensorframeCalculator(model)
+    atoms = crystal()
+    atoms.calc = calc
+    stress = atoms.get_stress()  # one forward + backward fills every result
+    assert stress.shape == (6,) and np.abs(stress).max() > 1e-6
+    assert {"energy", "forces", "stress", "virial", "born_charges"} <= set(calc.results)
+    expected = model.predict([crystal()])[0]
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    np.testing.assert_allclose(stress, full_3x3_to_voigt_6_stress(expected["stress"]), atol=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), expected["forces"], atol=1e-12)
+    np.testing.assert_allclose(calc.get_property("born_charges", atoms), expected["born_charges"], atol=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), numeric_forces(atoms), atol=1e-7)
+    # Stress: the energy's strain derivative, by central differences through the calculator.
+    volume, step, numeric = atoms.get_volume(), 1e-5, np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            energies = []
+            for sign in (1, -1):
+                strain = np.eye(3)
+                strain[a, b] += sign * step / 2
+                strain[b, a] += sign * step / 2
+                moved = atoms.copy()
+                moved.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+                moved.calc = calc
+                energies.append(moved.get_potential_energy())
+            numeric[a, b] = (energies[0] - energies[1]) / (2 * step) / volume
+    np.testing.assert_allclose(full_3x3_to_voigt_6_stress(numeric), stress, atol=1e-9)
+
+
+def test_a_molecule_has_forces_but_no_stress():
+    atoms = molecule()
+    atoms.calc = TensorframeCalculator(conservative_model())
+    assert atoms.get_forces().shape == (4, 3)
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+
+
+def test_a_tensor_only_model_serves_its_tensors_and_refuses_forces_cleanly():
+    model = make_model([{"name": "born", "hidden": 8}, {"name": "dielectric", "hidden": 8}])
+    calc = TensorframeCalculator(model)
+    atoms = crystal()
+    atoms.calc = calc
+    assert calc.get_property("born_charges", atoms).shape == (2, 3, 3)
+    assert calc.get_property("dielectric", atoms).shape == (3, 3)
+    for call in (atoms.get_forces, atoms.get_potential_energy, atoms.get_stress):
+        with pytest.raises(PropertyNotImplementedError):
+            call()
