@@ -149,3 +149,44 @@ def test_the_cli_trains_a_conservative_config(tmp_path, capsys):
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config(tmp_path, epochs=1)))
     assert main(["train", str(tmp_path / "train.yaml")]) == 0
     assert "mae_stress" in capsys.readouterr().out
+
+
+def test_weight_average_updates_swaps_and_restores():
+    import torch
+
+    from tensorframe.train.ema import WeightAverage
+
+    layer = torch.nn.Linear(2, 1)
+    average = WeightAverage(layer, decay=0.9)
+    start = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    average.update()  # warm-up: d = min(0.9, 1/10) = 0.1
+    np.testing.assert_allclose(average.shadow["weight"], 0.1 * start + 0.9 * (start + 1.0), rtol=1e-6)
+    with average.averaged():
+        np.testing.assert_allclose(layer.weight.detach(), average.shadow["weight"])
+    np.testing.assert_allclose(layer.weight.detach(), start + 1.0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(layer, decay=1.0)
+
+
+def test_ema_runs_resume_exactly_and_save_the_averaged_weights(trained, tmp_path):
+    import torch
+
+    from tensorframe.checkpoint import load_checkpoint
+
+    folder, _ = trained
+    (tmp_path / "data.xyz").symlink_to(folder / "data.xyz")
+    whole = tmp_path / "whole"
+    (whole).mkdir()
+    (whole / "data.xyz").symlink_to(folder / "data.xyz")
+    Trainer(parse_train_config(config(whole, epochs=4, ema_decay=0.9)), whole).run()
+    Trainer(parse_train_config(config(tmp_path, epochs=2, ema_decay=0.9)), tmp_path).run()
+    Trainer(parse_train_config(config(tmp_path, epochs=4, ema_decay=0.9)), tmp_path, resume=True).run()
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(whole / "run" / name), load_checkpoint(tmp_path / "run" / name)
+        for key, value in a["state_dict"].items():
+            assert torch.equal(value, b["state_dict"][key]), (name, key)
+    last = load_checkpoint(whole / "run" / "last.pt")
+    shadow = last["training_state"]["ema"]["shadow"]
+    assert any(not torch.equal(shadow[k], last["state_dict"][k]) for k in shadow)  # last.pt keeps the raw weights

@@ -132,6 +132,11 @@ class TrainConfig(_Strict):
     scheduler: SchedulerConfig | None = SchedulerConfig()
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     grad_clip: PositiveFloat | None = Field(10.0, description="max gradient norm; null: no clipping")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1,
+        description="keep an exponential moving average of the weights (e.g. 0.99, as MACE's --ema) and "
+        "validate, select and save the model with it; null: the raw weights",
+    )
     batch_size: PositiveInt = 8
     eval_batch_size: PositiveInt | None = None
     epochs: PositiveInt = 100

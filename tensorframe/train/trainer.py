@@ -5,7 +5,7 @@ A run directory (``output_dir``) holds::
     config.yaml      the validated config, paths made absolute
     split.json       the train / valid / test indices used (a valid ``split.file``)
     train_log.csv    one row per epoch: losses, per-field validation MAE, learning rate, time
-    best.pt          the model with the lowest validation loss
+    best.pt          the model with the lowest validation loss (its averaged weights with ema_decay)
     last.pt          the latest model with its ``training_state`` (for ``--resume``)
     metrics.json     at the end: the best model's validation and test metrics
     tensorboard/     with ``tensorboard: true`` and the package installed
@@ -55,6 +55,7 @@ from tensorframe.train.distributed import (
     teardown_distributed,
     wrap_model,
 )
+from tensorframe.train.ema import WeightAverage
 from tensorframe.train.logging import CsvLog, TensorBoardLog, progress
 from tensorframe.train.loss import batch_loss, summarize
 from tensorframe.train.state import capture_rng_states, restore_rng_states, seed_everything
@@ -150,6 +151,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, factor=s.factor, patience=s.patience, min_lr=s.min_lr, threshold=s.threshold)
         self.progress = Progress()
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
         self.best_state: dict[str, torch.Tensor] | None = None
         last = self.output_dir / "last.pt"
         if self.resume:
@@ -204,9 +206,15 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__})
         self.rng_states = state["rng"]
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         best = self.output_dir / "best.pt"
         if best.exists():
             self.best_state = {k: v.to(self.context.device) for k, v in load_checkpoint(best)["state_dict"].items()}
+
+    def _averaged(self):
+        """The averaged weights in the model (``ema_decay``), else nothing changes."""
+        return self.ema.averaged() if self.ema is not None else nullcontext()
 
     # ------------------------------------------------------------ checkpoints
     def _training_state(self) -> dict[str, Any]:
@@ -217,6 +225,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": capture_rng_states(self.context.device),
             "world_size": self.context.world_size,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "train_config": self.config.model_dump(mode="json"),
         }
 
@@ -268,6 +277,8 @@ class Trainer:
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         return float(loss.detach())
 
     # ----------------------------------------------------------------- loop
@@ -343,7 +354,9 @@ class Trainer:
         sums = all_reduce_sum(torch.tensor([p.train_loss_sum, float(p.train_batches)], dtype=torch.float64,
                                            device=self.context.device), self.context)
         train_loss = float(sums[0] / sums[1])
-        valid = self.evaluate(self.split["valid"])
+        with self._averaged():
+            valid = self.evaluate(self.split["valid"])
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step(valid["loss"])
@@ -351,7 +364,7 @@ class Trainer:
         improved = valid["loss"] < p.best_valid_loss
         if improved:
             p.best_valid_loss, p.best_epoch = valid["loss"], p.epoch
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_state = weights
         min_delta = config.early_stopping.min_delta if config.early_stopping is not None else 0.0
         if valid["loss"] < p.early_best - min_delta:
             p.early_best, p.bad_epochs = valid["loss"], 0
@@ -366,7 +379,8 @@ class Trainer:
             if tensorboard is not None:
                 tensorboard.write(row, p.global_step)
             if improved:
-                save_checkpoint(self.output_dir / "best.pt", self.model, best_epoch=p.epoch, valid_loss=valid["loss"])
+                with self._averaged():
+                    save_checkpoint(self.output_dir / "best.pt", self.model, best_epoch=p.epoch, valid_loss=valid["loss"])
             maes = "  ".join(f"mae_{n} {valid[f'mae_{n}']:.4g}" for n in self.targets)
             print(f"epoch {p.epoch}/{config.epochs}  train {train_loss:.4g}  valid {valid['loss']:.4g}  {maes}  "
                   f"lr {lr:.2e}  {seconds:.1f} s{'  *' if improved else ''}", flush=True)
