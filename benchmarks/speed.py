@@ -29,6 +29,7 @@ import torch
 
 from benchmarks.common import REPO_ROOT, environment, write_json
 from benchmarks.peers import load_peer
+from benchmarks.suite import split_model_name
 from benchmarks.tasks import TASKS, Task, load_task
 from tensorframe.types import Sample
 
@@ -38,13 +39,17 @@ PROTOCOL = (f"predict() over the full test split, batch {BATCH}, torch.no_grad, 
             "(every model once per round), median round reported")
 
 
-def tensorframe_predictor(task: Task, config: dict[str, Any]) -> tuple[Callable[[list[Sample]], Any], int]:
-    """A suite backbone with the task's heads and cutoffs, and its parameter count."""
+def tensorframe_predictor(task: Task, config: dict[str, Any], conservative: bool = False
+                          ) -> tuple[Callable[[list[Sample]], Any], int]:
+    """A suite backbone with the task's heads and cutoffs (``conservative``: the force head
+    replaced by an energy head, forces = -dE/dr by one backward pass), and its parameter count."""
+    from benchmarks.suite import conservative_heads
     from tensorframe.model import build_model
 
     torch.manual_seed(0)
     model = build_model({"cutoff": task.cutoff, "triplet_cutoff": min(task.triplet_cutoff, task.cutoff),
-                         "backbone": config, "heads": task.heads}).eval()
+                         "conservative": conservative, "backbone": config,
+                         "heads": conservative_heads(task.heads) if conservative else task.heads}).eval()
     return (lambda samples: model.predict(samples, batch_size=BATCH)), sum(p.numel() for p in model.parameters())
 
 
@@ -96,7 +101,10 @@ def time_task(task: Task, backbones: dict[str, dict[str, Any]], peers: Sequence[
     predictors: dict[str, Callable[[list[Sample]], Any]] = {}
     params: dict[str, int] = {}
     for name, config in backbones.items():
-        predictors[name], params[name] = tensorframe_predictor(task, config)
+        conservative = split_model_name(name)[1]
+        if conservative and not any(head["name"] == "force" for head in task.heads):
+            continue  # no forces to derive: the same model as the direct one
+        predictors[name], params[name] = tensorframe_predictor(task, config, conservative)
     if "e3nn" in peers:
         predictors["e3nn"], params["e3nn"] = e3nn_predictor(task, samples, split)
     graph_stats = test_graph_sizes(task, test)
@@ -151,13 +159,23 @@ def subprocess_peer_speed(name: str, task: Task, samples: Sequence[Sample], spli
 
 
 def run_speed(task_names: Sequence[str], backbones: dict[str, dict[str, Any]], peers: Sequence[str], repeats: int,
-              json_path: Path, log: Callable[[str], Any] = print, reduced: bool = False) -> dict[str, Any]:
-    """Time every task; ``json_path`` is rewritten after each task."""
+              json_path: Path, log: Callable[[str], Any] = print, reduced: bool = False,
+              merge: bool = False) -> dict[str, Any]:
+    """Time every task; ``json_path`` is rewritten after each task. With ``merge`` an existing
+    ``json_path`` keeps its other tasks; the tasks timed now replace theirs whole (every model of a
+    task is timed in one pass) and carry this pass's ``environment``."""
     torch.set_num_threads(1)
-    result: dict[str, Any] = {"environment": environment(), "protocol": PROTOCOL, "repeats": repeats,
+    env = environment()
+    result: dict[str, Any] = {"environment": env, "protocol": PROTOCOL, "repeats": repeats,
                               "reduced": reduced, "backbone_configs": backbones, "tasks": {}}
+    if merge and json_path.exists():
+        import json
+
+        old = json.loads(json_path.read_text())
+        result = {**old, "backbone_configs": {**old.get("backbone_configs", {}), **backbones}}
     for name in task_names:
-        result["tasks"][name] = time_task(TASKS[name], backbones, peers, repeats, log, reduced)
+        result["tasks"][name] = {**time_task(TASKS[name], backbones, peers, repeats, log, reduced),
+                                 "environment": env}
         write_json(json_path, result)
     return result
 

@@ -77,7 +77,8 @@ def load_speed(path: Path, backbone_configs: dict[str, Any]) -> dict[str, Any] |
         return None
     speed = json.loads(path.read_text())
     timed = speed.get("backbone_configs", {})  # models it did not time (e.g. conservative variants) show their run's timings
-    same = all(timed[name] == config for name, config in backbone_configs.items() if name in timed)
+    shared = [name for name in backbone_configs if name in timed]
+    same = bool(shared) and all(timed[name] == backbone_configs[name] for name in shared)
     return speed if same else None
 
 
@@ -213,6 +214,13 @@ def section(result: dict[str, Any], json_name: str, speed: dict[str, Any] | None
                      f"{senv.get('git_commit')}), {senv.get('cpu')}, OMP_NUM_THREADS={senv.get('OMP_NUM_THREADS')}: "
                      f"{speed['protocol']}; {speed['repeats']} rounds. Raw numbers: `benchmarks/results/speed.json`. "
                      "MACE is timed by its own runner in a subprocess (its own venv) right after")
+        retimed: dict[str, list[str]] = {}
+        for task_name, timed in speed.get("tasks", {}).items():
+            tenv = timed.get("environment")
+            if tenv and tenv.get("date") != senv.get("date"):
+                retimed.setdefault(f"{tenv.get('date')} (commit {tenv.get('git_commit')})", []).append(task_name)
+        for when, names in retimed.items():
+            inference += f"; {', '.join(names)} re-timed whole (every model again, side by side) on {when}"
     else:
         inference = result["inference"] + " (during the suite's training runs, which may share the CPU)"
     lines = [
