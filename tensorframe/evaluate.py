@@ -61,7 +61,7 @@ def collect_pairs(model: Any, samples: Sequence[Sample], batch_size: int = 16) -
     rows: dict[str, tuple[list[np.ndarray], list[np.ndarray], int]] = {}
     for index, (sample, prediction) in enumerate(zip(samples, predictions, strict=True)):
         for name, spec in fields.items():
-            if name not in sample.targets:
+            if name not in sample.targets or name not in prediction:  # stress/virial: 3D-periodic only
                 continue
             predicted = np.asarray(prediction[name], dtype=np.float64)
             target = np.asarray(sample.targets[name], dtype=np.float64)
