@@ -11,7 +11,7 @@ tensor in ``results``.
 One forward (and, for derived quantities, one backward) pass gives every result:
 
 - a conservative model (``model.conservative``) gives energy, forces = -dE/dr, and for cells
-  periodic in all three directions stress (ASE's sign: (1/V) dE/d strain) and virial;
+  periodic in all three directions stress (ASE's sign: (1/V) dE/d strain); and the virial;
 - a model with an ``energy`` head but neither conservative nor a force head gets the same
   derivatives of that energy (which was not trained against forces);
 - a force head's forces are used as they are (the paper's direct forces);
@@ -88,7 +88,7 @@ class TensorframeCalculator(Calculator):
         levels = {**{name: field.level for name, field in model.fields.items()}, "forces": "atom"}
         results: dict[str, Any] = {}
         for name, value in outputs.items():
-            if name in ("stress", "virial") and not periodic:
+            if name == "stress" and not periodic:
                 continue  # no volume: ASE raises PropertyNotImplementedError for get_stress
             array = value.detach().to("cpu", torch.float64).numpy()
             results[name] = array if levels.get(name) == "atom" else array[0]

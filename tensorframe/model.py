@@ -135,7 +135,7 @@ class TensorModel(nn.Module):
 
         Accepts ase.Atoms, pymatgen Structure/Molecule or Sample; e.g. ``forces`` (N, 3),
         ``born_charges`` (N, 3, 3), ``dielectric`` (3, 3), ``piezo`` (3, 3, 3); ``stress`` and
-        ``virial`` (3, 3) of a conservative model for 3D-periodic structures only.
+        ``virial`` (3, 3) of a conservative model (``stress`` for 3D-periodic structures only).
         """
         samples = [to_sample(s, index) for index, s in enumerate(structures)]
         was_training = self.training
@@ -151,8 +151,8 @@ class TensorModel(nn.Module):
                 for b, sample in enumerate(chunk):
                     row = {}
                     for name, value in outputs.items():
-                        if name in ("stress", "virial") and not sample.pbc.all():
-                            continue  # defined for cells periodic in all three directions only
+                        if name == "stress" and not sample.pbc.all():
+                            continue  # needs a volume: cells periodic in all three directions only
                         part = value[ptr[b] : ptr[b + 1]] if fields[name].level == "atom" else value[b]
                         row[name] = part.detach().cpu().numpy()
                     results.append(row)
