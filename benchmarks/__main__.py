@@ -1,7 +1,8 @@
 """``python -m benchmarks run --tasks ... --backbones ... --peers ... [--reduced] [--out DIR] [--docs/--no-docs]``,
 ``python -m benchmarks speed [--tasks ...] [--backbones ...] [--peers ...]`` (inference of every model side by
-side in one process, on a quiet machine) and ``python -m benchmarks docs --inputs A.json B.json [--json OUT.json]``
-(merge parallel runs, rewrite the docs with the speed pass's numbers where it has them)."""
+side in one process, on a quiet machine), ``python -m benchmarks docs --inputs A.json B.json [--json OUT.json]``
+(merge parallel runs, rewrite the docs with the speed pass's numbers where it has them) and ``python -m benchmarks md
+[--models ...] [--steps N]`` (NVE stability of liquid water, see benchmarks/bench_md.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import bench_md
 from benchmarks.common import REPO_ROOT, write_json
 from benchmarks.peers import available_peers
 from benchmarks.speed import run_speed
-from benchmarks.suite import BACKBONES, RUNS_DIR, run_suite
+from benchmarks.suite import BACKBONES, RUNS_DIR, run_suite, split_model_name
 from benchmarks.suite_report import load_speed, merge, write_docs
 from benchmarks.tasks import TASKS
 
@@ -57,11 +59,17 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (median reported)")
     speed.add_argument("--json", type=Path, default=SPEED_JSON)
     speed.add_argument("--reduced", action="store_true", help="time the reduced-mode subsets (smoke test)")
+    speed.add_argument("--merge", action="store_true",
+                       help="keep the other tasks of an existing --json; the tasks timed now replace theirs")
+    md = sub.add_parser("md", help="NVE MD stability of liquid water with trained models (benchmarks/bench_md.py)")
+    bench_md.add_arguments(md)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "md":
+        return bench_md.run(args)
     if args.command == "docs":
         result = merge([json.loads(p.read_text()) for p in args.inputs])
         write_json(args.json.resolve(), result)
@@ -69,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json} and the suite section of docs/benchmarks.md")
         return 0
     if args.command == "speed":
-        backbones = {name: BACKBONES[name] for name in _names(args.backbones, list(BACKBONES), "backbone")}
+        backbones = {name: BACKBONES[split_model_name(name)[0]]
+                     for name in _names(args.backbones, list(BACKBONES), "backbone")}
         run_speed(_names(args.tasks, list(TASKS), "task"), backbones, _names(args.peers, available_peers(), "peer"),
-                  args.repeats, args.json.resolve(), reduced=args.reduced)
+                  args.repeats, args.json.resolve(), reduced=args.reduced, merge=args.merge)
         print(f"wrote {args.json}; rewrite the docs with `python -m benchmarks docs --inputs ...`")
         return 0
     tasks = _names(args.tasks, list(TASKS), "task")

@@ -173,5 +173,20 @@ def time_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence
                                eval_batch_size=eval_batch_size, dtype=dtype, timeout_s=timeout_s)
 
 
-__all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "field_metrics", "mace_python", "model_spec", "plan_models",
-           "run_peer", "time_peer", "write_extxyz"]
+def md_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], budget: Mapping[str, Any],
+            out_dir: Path, md: Mapping[str, Any], timeout_s: float, venv: Path | None = None) -> dict[str, Any]:
+    """Train the task's energy/forces MACE (``ScaleShiftMACE``) as :func:`run_peer` does, with the
+    whole budget, then run the MD protocol ``md`` (run.json's ``md`` block, see
+    ``benchmarks/bench_md.py``) with MACE's ``MACECalculator``; ``timeout_s`` bounds both.
+
+    Returns the keys of :meth:`VenvPeer.train_and_md` (``supported`` False when the task has
+    no forces).
+    """
+    models, _ = _runner_models(task)
+    model = next((m for m in models if m.group == "energy"), None)
+    unsupported = {} if model is not None else {"forces": "the task has no forces for an MD run"}
+    return PEER.train_and_md(task, samples, split, budget, out_dir, venv, model, unsupported, md, timeout_s)
+
+
+__all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "field_metrics", "mace_python", "md_peer", "model_spec",
+           "plan_models", "run_peer", "time_peer", "write_extxyz"]

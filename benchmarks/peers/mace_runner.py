@@ -7,14 +7,15 @@ it talks to ``benchmarks/peers/mace_peer.py`` through files only:
 
 ``run.json`` (written by the adapter)::
 
-    {"mode": "train" | "time",                # optional, "train" when absent
+    {"mode": "train" | "time" | "md",         # optional, "train" when absent
      "group": "energy" | "dipole" | "dielectric" | "atomic_dipole",
      "fields": {field: loss weight},          # the task fields this model learns
      "files": {"train": xyz, "valid": xyz, "test": xyz},
      "model": {"r_max", "hidden_irreps", "max_ell", "num_interactions", "correlation",
                "num_bessel", "num_polynomial_cutoff", "radial_MLP", "MLP_irreps"},
      "train": {"epochs", "batch_size", "eval_batch_size", "lr", "seed", "max_time_s", "dtype"},
-     "predictions": npz path, "result": json path}
+     "predictions": npz path, "result": json path,
+     "md": {"protocol": {...}, "start": xyz, "start_index": int}}   # md mode only
 
 Modes: ``train`` trains, writes the test predictions and times inference. ``time`` builds the
 model exactly as ``train`` does (same z_table from every given file, avg_num_neighbors, E0s
@@ -22,7 +23,10 @@ and scale/shift from the training file, same seed, hence the same initial weight
 training and writes only the inference timing: speed does not depend on the weights. It needs
 the ``train`` and ``test`` files (``valid``, when given, joins the z_table as in training) and
 reads only ``seed``, ``batch_size``, ``eval_batch_size`` and ``dtype`` from ``train``;
-``predictions`` is not written.
+``predictions`` is not written. ``md`` (``energy`` group only) trains and predicts as ``train``
+does, then runs ``benchmarks/bench_md.py``'s NVE protocol (``md_protocol.py``) with MACE's own
+ASE calculator, ``mace.calculators.MACECalculator(models=<the trained module>)`` (energy and
+forces = -dE/dx of the model), and adds its record under the result's ``md`` key.
 
 Labels in the extxyz (tensorframe's units, which MACE takes as they are, see below):
 ``REF_energy`` (info, eV), ``REF_forces`` (arrays, eV/Å), ``REF_dipole`` (info, 3, e·Å),
@@ -278,7 +282,23 @@ def inference_record(run: PreparedRun) -> dict[str, Any]:
     }
 
 
-STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record)
+def md_calculator(run: PreparedRun, md_cfg: dict[str, Any]) -> Any:
+    """MACE's own ASE calculator around the trained module (in memory), in the training dtype.
+
+    Raises:
+        ValueError: for a model that is not the energy group (no forces to run MD with).
+    """
+    from mace.calculators import MACECalculator
+
+    if run.group != "energy":
+        raise ValueError(f"md mode needs the energy group's model, not {run.group!r}")
+    run.model.eval()
+    dtype = str(torch.get_default_dtype()).removeprefix("torch.")
+    return MACECalculator(models=run.model, device="cpu", default_dtype=dtype)
+
+
+STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record,
+                                  md_calculator=md_calculator)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,4 +114,20 @@ def time_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence
                                eval_batch_size=eval_batch_size, dtype=dtype, timeout_s=timeout_s)
 
 
-__all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "painn_python", "plan_fields", "run_peer", "time_peer"]
+def md_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], budget: Mapping[str, Any],
+            out_dir: Path, md: Mapping[str, Any], timeout_s: float, venv: Path | None = None) -> dict[str, Any]:
+    """Train the task's PaiNN as :func:`run_peer` does, then run the MD protocol ``md`` (run.json's
+    ``md`` block, see ``benchmarks/bench_md.py``; its ``model_file`` is set here, in ``out_dir``)
+    with SchNetPack's ``SpkCalculator``; ``timeout_s`` bounds both.
+
+    Returns the keys of :meth:`VenvPeer.train_and_md` (``supported`` False without forces).
+    """
+    models, _ = _runner_models(task)
+    model = models[0] if models and "forces" in models[0].fields else None
+    unsupported = {} if model is not None else {"forces": "the task has no forces for an MD run"}
+    md = {**md, "model_file": str(Path(out_dir) / f"{FILE_PREFIX}_model.pt")}
+    return PEER.train_and_md(task, samples, split, budget, out_dir, venv, model, unsupported, md, timeout_s)
+
+
+__all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "md_peer", "painn_python", "plan_fields", "run_peer",
+           "time_peer"]

@@ -7,12 +7,13 @@ files only (as ``mace_runner.py`` does):
 
 ``run.json`` (written by the adapter)::
 
-    {"mode": "train" | "time",                 # optional, "train" when absent
+    {"mode": "train" | "time" | "md",          # optional, "train" when absent
      "fields": {field: loss weight},           # energy, forces, dipole, polarizability
      "files": {"train": xyz, "valid": xyz, "test": xyz},
      "model": {"cutoff", "n_atom_basis", "n_interactions", "n_rbf"},
      "train": {"epochs", "batch_size", "eval_batch_size", "lr", "seed", "max_time_s", "dtype"},
-     "predictions": npz path, "result": json path}
+     "predictions": npz path, "result": json path,
+     "md": {"protocol": {...}, "start": xyz, "start_index": int, "model_file": path}}   # md mode only
 
 Labels in the extxyz are tensorframe's units, learned as they are: ``REF_energy`` (info),
 ``REF_forces`` (arrays, N x 3), ``REF_dipole`` (info, 3), ``REF_polarizability`` (info, 9
@@ -38,7 +39,12 @@ default), batches of ``batch_size`` shuffled with the seed, loss = sum_f w_f * M
 weights. Inference (both modes): median of 3 timed passes over the test structures (neighbour
 lists, collation, forward; batches of ``eval_batch_size``) after one warm-up, one torch thread;
 with autograd when forces are a field, else under ``torch.no_grad()``. ``time`` mode builds the
-same model (same seed, same initial weights) and only times it. The loop, loss, timing, seeding
+same model (same seed, same initial weights) and only times it. ``md`` mode (forces a field)
+trains and predicts as ``train`` does, saves the trained module to ``md["model_file"]`` and runs
+``benchmarks/bench_md.py``'s NVE protocol (``md_protocol.py``) with SchNetPack's own ASE
+calculator, ``schnetpack.interfaces.SpkCalculator`` (eV and Å, the training dtype, the
+training's matscipy neighbour list), energy and forces = -dE/dx; its record is the result's
+``md`` key. The loop, loss, timing, seeding
 and file writing are ``runner_common.py``'s (shared with ``mace_runner.py``).
 
 Compatibility shim (not a fork): SchNetPack 2.0.4's ``schnetpack/data/loader.py`` does
@@ -310,7 +316,31 @@ def inference_record(run: PreparedRun) -> dict[str, Any]:
     }
 
 
-STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record)
+def md_calculator(run: PreparedRun, md_cfg: dict[str, Any]) -> Any:
+    """SchNetPack's ``SpkCalculator`` on the trained module, saved to ``md_cfg["model_file"]``.
+
+    SpkCalculator loads the file with a bare ``torch.load``, which torch >= 2.6 restricts to
+    weights; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` lets it load the module this runner just saved.
+
+    Raises:
+        ValueError: when forces are not among the fields (no energy model to run MD with).
+    """
+    import os
+
+    from schnetpack.interfaces import SpkCalculator
+
+    if not run.needs_grad:
+        raise ValueError("md mode needs a model trained on forces (energy + Forces output modules)")
+    run.model.eval()
+    torch.save(run.model, md_cfg["model_file"])
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    return SpkCalculator(md_cfg["model_file"], neighbor_list=spk.transform.MatScipyNeighborList(cutoff=float(run.spec["cutoff"])),
+                         energy_key="energy", force_key="forces", energy_unit="eV", position_unit="Ang",
+                         device="cpu", dtype=torch.get_default_dtype())
+
+
+STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record,
+                                  md_calculator=md_calculator)
 
 
 def main(argv: list[str] | None = None) -> int:

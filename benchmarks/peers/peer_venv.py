@@ -12,17 +12,20 @@ venv; one runner process per peer model, each with its file-name ``prefix`` in `
 
 ``{prefix}_run.json``, what every runner reads::
 
-    {"mode": "train" | "time", "group": str (only where the peer has several model kinds),
+    {"mode": "train" | "time" | "md", "group": str (only where the peer has several model kinds),
      "fields": {field: loss weight}, "files": {"train" | "valid" | "test": extxyz path},
      "model": {peer's size settings}, "train": {see runner_train_config},
-     "predictions": npz path, "result": json path}
+     "predictions": npz path, "result": json path,
+     "md": {"protocol": md_protocol.MDProtocol.to_dict(), "start": extxyz path,
+            "start_index": int, "model_file": path}}          # md mode only (train_and_md)
 
 ``{prefix}_result.json``, the keys read here: ``inference_times_s`` (list of seconds, one per
 timed pass), ``num_parameters``, ``torch_threads``, ``inference_batch_size``,
 ``inference_timing`` (how it was timed, in words), ``versions`` ({package: version}) and, in
 train mode, ``train_time_s`` and ``peak_memory_mib``; the peer's ``describe`` may read more.
 ``{prefix}_predictions.npz``: one array per field, rows as the test split's (atoms or
-structures), tensorframe's units.
+structures), tensorframe's units. In ``md`` mode the result json also has ``md``:
+``md_protocol.run_md``'s record (see :meth:`VenvPeer.train_and_md`).
 """
 
 from __future__ import annotations
@@ -237,8 +240,10 @@ class VenvPeer:
         return None
 
     def run_model(self, task: Any, mode: str, model: RunnerModel, parts: Mapping[str, Sequence[Sample]],
-                  train_cfg: Mapping[str, Any], out_dir: Path, timeout: float, venv: Path | None) -> dict[str, Any]:
-        """Write one model's extxyz files and run.json, run the runner on them; its result json.
+                  train_cfg: Mapping[str, Any], out_dir: Path, timeout: float, venv: Path | None,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write one model's extxyz files and run.json (with ``extra``'s keys, e.g. ``md``), run
+        the runner on them; its result json.
 
         Raises:
             RuntimeError: with the log's tail when the runner fails.
@@ -250,7 +255,8 @@ class VenvPeer:
         run = {"mode": mode, **({} if model.group is None else {"group": model.group}),
                "fields": dict(model.fields), "files": files, "model": dict(model.spec), "train": dict(train_cfg),
                "predictions": str(predictions_path(out_dir, model.prefix)),
-               "result": str(out_dir / f"{model.prefix}_result.json")}
+               "result": str(out_dir / f"{model.prefix}_result.json"), **dict(extra or {})}
+        Path(run["result"]).unlink(missing_ok=True)  # no stale result from an earlier run
         config_path = out_dir / f"{model.prefix}_run.json"
         config_path.write_text(json.dumps(run, indent=2))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -302,6 +308,41 @@ class VenvPeer:
             "peak_memory_method": f"ru_maxrss of the {self.name} runner process (whole process, not a delta)",
             **summary,
         }
+
+    def train_and_md(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
+                     budget: Mapping[str, Any], out_dir: Path, venv: Path | None, model: RunnerModel | None,
+                     unsupported: Mapping[str, str], md: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Train ``model`` as :meth:`train_and_test` does (the whole time budget), then run the MD
+        protocol ``md`` (run.json's ``md`` block) with it in the runner (``md`` mode).
+
+        Returns ``supported``, ``reason`` and, when supported, ``fields`` ({field: test metrics}),
+        ``train_time_s``, ``epochs_done``, ``stopped_by``, ``num_parameters``, ``torch_threads``,
+        ``dtype``, ``versions``, ``model``, ``notes`` and ``md`` (``md_protocol.run_md``'s record).
+        When the MD run fails after training, ``md`` is ``{"error": ...}`` and the training's
+        keys come from the result json the runner wrote before the MD run.
+        """
+        blocked = self.blocked([model] if model is not None else [], unsupported, venv)
+        if blocked is not None:
+            return blocked
+        out_dir, parts = make_out_dir(out_dir), split_parts(samples, split)
+        train_cfg = runner_train_config(task, budget, default_lr=self.default_lr, num_models=1)
+        result_path = out_dir / f"{model.prefix}_result.json"
+        try:
+            result = self.run_model(task, "md", model, parts, train_cfg, out_dir, timeout_s, venv, {"md": dict(md)})
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            if not result_path.exists():
+                raise
+            result = {**json.loads(result_path.read_text()), "md": {"error": f"{type(error).__name__}: {error}"}}
+        fields = {}
+        with np.load(predictions_path(out_dir, model.prefix)) as predictions:
+            for name in model.fields:
+                elements = getattr(task, "metric_elements", {}).get(name)
+                fields[name] = self.field_metrics(name, predictions[name], parts["test"], elements)
+        description = self.describe([result])
+        return {"supported": True, "reason": unsupported_reason(unsupported), "fields": fields,
+                **{key: result.get(key) for key in ("train_time_s", "epochs_done", "stopped_by", "num_parameters",
+                                                    "torch_threads", "dtype", "versions")},
+                "model": description.model, "notes": description.notes, "md": result["md"]}
 
     def time_untrained(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
                        out_dir: Path, venv: Path | None, models: Sequence[RunnerModel],

@@ -10,7 +10,9 @@ setup, the loss (sum_f w_f * MSE_f / Var_train(f)), the training loop (fixed epo
 wall-time budget checked after each batch, keeping the best validation loss's weights), the
 inference timing (median of :data:`INFERENCE_REPEATS` passes after one warm-up), the result
 json's common keys, atomic writes of the result json and predictions npz, and ``main``
-(:func:`run_main`: read run.json, train and predict in ``train`` mode, time in both modes).
+(:func:`run_main`: read run.json, train and predict in ``train`` and ``md`` mode, time in every
+mode, and in ``md`` mode run ``benchmarks/bench_md.py``'s NVE protocol, ``md_protocol.py``, with
+the trained model's ASE calculator: :func:`run_md_block`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 LABEL_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "dipole": "REF_dipole",
               "polarizability": "REF_polarizability", "atomic_dipole": "REF_atomic_dipole"}
 ATOM_FIELDS = ("forces", "atomic_dipole")
-MODES = ("train", "time")
+MODES = ("train", "time", "md")
 INFERENCE_REPEATS = 3  # timed passes (after one warm-up); the median is reported
 
 Batch = TypeVar("Batch")
@@ -242,33 +244,62 @@ def read_run_config(argv: list[str] | None, description: str) -> tuple[dict[str,
     return cfg, mode
 
 
+def run_md_block(calculator: Any, md_cfg: Mapping[str, Any], has_energy: bool = True) -> dict[str, Any]:
+    """Run.json's ``md`` block with ``calculator`` (an ASE calculator of the trained model):
+    ``md_protocol.run_md`` from structure ``md_cfg["start_index"]`` (0) of the extxyz file
+    ``md_cfg["start"]`` with the protocol ``md_cfg["protocol"]`` (``MDProtocol.to_dict``'s keys);
+    its record. Progress lines go to stdout (the runner's log)."""
+    try:
+        import md_protocol  # beside this file, on sys.path when a runner runs as a script
+    except ImportError:
+        from benchmarks.peers import md_protocol
+
+    atoms = ase.io.read(md_cfg["start"], index=int(md_cfg.get("start_index", 0)), format="extxyz")
+    atoms.calc = calculator
+    protocol = md_protocol.MDProtocol.from_dict(dict(md_cfg["protocol"]))
+    return md_protocol.run_md(atoms, protocol, has_energy, log=lambda line: print(line, flush=True))
+
+
 @dataclass(frozen=True)
 class RunnerSteps(Generic[Run]):
     """A runner's own parts: ``prepare(run.json) -> run`` (data and model, seeded);
     ``train(run, run.json's train block) -> {what happened}`` (in place); ``predict(run) ->
-    {field: test predictions}``; ``inference_record(run) -> {timing and description}``."""
+    {field: test predictions}``; ``inference_record(run) -> {timing and description}``;
+    ``md_calculator(run, run.json's md block) -> ASE calculator`` of the trained model, whose
+    energy its forces derive from (``md`` mode; None where the runner has none)."""
 
     prepare: Callable[[dict[str, Any]], Run]
     train: Callable[[Run, dict[str, Any]], dict[str, Any]]
     predict: Callable[[Run], dict[str, np.ndarray]]
     inference_record: Callable[[Run], dict[str, Any]]
+    md_calculator: Callable[[Run, dict[str, Any]], Any] | None = None
 
 
 def run_main(steps: RunnerSteps[Run], description: str, argv: list[str] | None = None) -> int:
-    """A runner's ``main``: read run.json, prepare; in ``train`` mode train and write the
-    predictions; in both modes time inference; write the result json ({"mode", ...})."""
+    """A runner's ``main``: read run.json, prepare; in ``train`` and ``md`` mode train and write
+    the predictions; in every mode time inference; in ``md`` mode run the MD protocol with the
+    trained model (result key ``md``, :func:`run_md_block`); write the result json ({"mode", ...}).
+
+    Raises:
+        ValueError: in ``md`` mode for a runner without ``md_calculator``.
+    """
     cfg, mode = read_run_config(argv, description)
+    if mode == "md" and steps.md_calculator is None:
+        raise ValueError("this runner has no md mode (no md_calculator)")
     run = steps.prepare(cfg)
     result: dict[str, Any] = {"mode": mode}
-    if mode == "train":
+    if mode in ("train", "md"):
         result.update(steps.train(run, cfg["train"]))
         write_predictions(cfg["predictions"], steps.predict(run))
     result.update(steps.inference_record(run))
+    if mode == "md":
+        write_result(cfg["result"], result)  # the training's record survives a failing MD run
+        result["md"] = run_md_block(steps.md_calculator(run, cfg["md"]), cfg["md"])
     write_result(cfg["result"], result)
     return 0
 
 
 __all__ = ["ATOM_FIELDS", "INFERENCE_REPEATS", "LABEL_KEYS", "MODES", "RunnerSteps", "field_variances", "mean_loss",
-           "num_parameters", "read_labelled", "read_run_config", "run_main", "setup_torch", "time_passes",
+           "num_parameters", "read_labelled", "read_run_config", "run_main", "run_md_block", "setup_torch", "time_passes",
            "timing_record", "train_best_on_valid", "versions", "weighted_loss", "write_atomic", "write_predictions",
            "write_result"]
