@@ -145,6 +145,22 @@ def run_tensorframe_model(name: str, task: Task, samples: list[Sample], split: d
             "torch_threads": torch.get_num_threads(), **record}
 
 
+def run_given_checkpoint(name: str, path: Path, atoms: ase.Atoms, protocol: MDProtocol,
+                         log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The protocol on a checkpoint trained elsewhere; test error and training from its run folder."""
+    from tensorframe.checkpoint import load_model
+
+    model = load_model(path, map_location="cpu")
+    metrics_path = path.with_name("metrics.json")
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    log(f"[md] {name}: given checkpoint {path}; running {protocol.steps} steps")
+    record = tensorframe_md(model, atoms, protocol, log=lambda line: log(f"[md] {name}: {line}"))
+    return {"framework": "tensorframe", "backbone": model.config.backbone.name, "checkpoint": _relative(path),
+            "checkpoint_source": "given (--checkpoint); trained on its own split, which may hold the start structure",
+            "test_force_mae": metrics.get("test", {}).get("mae_forces"), **training_record(path),
+            "torch_threads": torch.get_num_threads(), **record}
+
+
 # ----------------------------------------------------------------- peers
 def run_peer_model(name: str, task: Task, samples: list[Sample], split: dict[str, list[int]], start_file: Path,
                    protocol: MDProtocol, out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -326,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                         help="rewrite the md section of docs/benchmarks.md")
     parser.add_argument("--docs-only", action="store_true", help="only rewrite the docs section from --out")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="also run a checkpoint of your own under NAME (e.g. one trained longer than the "
+                             "suite's budget); its test error comes from the run's metrics.json")
     parser.add_argument("--retrain", action="store_true",
                         help="train the tensorframe models again even where a checkpoint exists (overwrites it)")
 
@@ -346,10 +365,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> int:
     ase.io.write(start_file, atoms, format="extxyz")
     start, env = describe_start(atoms, split), environment()
     result: dict[str, Any] = {}
-    for name in args.models:
+    given = dict(item.split("=", 1) for item in args.checkpoint)
+    for name in [*args.models, *given]:
         began = time.perf_counter()
         try:
-            if name in PEERS:
+            if name in given:
+                record = run_given_checkpoint(name, Path(given[name]), atoms, protocol, log)
+            elif name in PEERS:
                 record = run_peer_model(name, task, samples, split, start_file, protocol, md_dir, log)
             else:
                 record = run_tensorframe_model(name, task, samples, split, atoms, protocol, args.runs, log,

@@ -284,6 +284,16 @@ def forces_comparison(tasks: dict[str, Any]) -> list[str]:
     header = ["task", *[f"{b} direct / conservative" for b in backbones], *[f"peer {p}" for p in peers]]
     table = [[name, *[f"{mae(records.get(b))} / {mae(records.get(b + CONSERVATIVE_SUFFIX))}" for b in backbones],
               *[mae(ps.get(p)) for p in peers]] for name, records, ps in rows]
+    notes = []
+    for name, records, ps in rows:
+        ours = {n: r["fields"]["forces"]["mae"] for n, r in records.items()
+                if n.endswith(CONSERVATIVE_SUFFIX) and r.get("fields", {}).get("forces")}
+        theirs = {p: r["fields"]["forces"]["mae"] for p, r in ps.items() if p != "e3nn" and r.get("fields", {}).get("forces")}
+        if ours and theirs:
+            best, peer = min(ours, key=ours.get), min(theirs, key=theirs.get)
+            gap = ours[best] / theirs[peer] - 1.0
+            notes.append(f"- {name}: best conservative {best} {_g(ours[best])} eV/Å against {peer} {_g(theirs[peer])}: "
+                         + (f"{-gap:.0%} lower" if gap <= 0 else f"{gap:.0%} higher (falls short)") + ".")
     return ["### Direct and conservative forces", "",
             "Force test MAE (eV/Å), same split and wall-clock budget, from the runs listed above (a budget in "
             "seconds gives fewer epochs to a slower model, and to one whose run shared the CPU): direct = the "
@@ -291,7 +301,7 @@ def forces_comparison(tasks: dict[str, Any]) -> list[str]:
             "conservative = `model.conservative: true`, forces = -dE/dr of an energy head trained on the same "
             "force labels (the peers MACE and PaiNN are conservative too). Other fields of a task are predicted "
             "beside them by the same heads in both.", "",
-            markdown_table(header, table), ""]
+            markdown_table(header, table), "", *notes, ""]
 
 
 def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS, speed: dict[str, Any] | None = None) -> None:

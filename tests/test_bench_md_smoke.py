@@ -253,3 +253,17 @@ def test_records_merge_into_one_json_and_render_as_a_table(tmp_path) -> None:
     text = render(result)
     assert "## MD stability (NVE, liquid water)" in text
     assert "| schnet | direct | – | 0.2 |" in text and "| MACE | – |" in text and "did not run: venv missing" in text
+
+
+def test_a_given_checkpoint_runs_with_its_own_test_error(tmp_path) -> None:
+    import json
+
+    from benchmarks.bench_md import run_given_checkpoint
+
+    path = tmp_path / "run" / "best.pt"
+    path.parent.mkdir()
+    tensorframe.save_checkpoint(path, tiny_model([{"name": "energy"}], True))
+    (path.parent / "metrics.json").write_text(json.dumps({"epochs": 3, "test": {"mae_forces": 0.07}}))
+    record = run_given_checkpoint("long", path, waters(), MDProtocol(steps=20))
+    assert record["kind"] == "conservative" and record["test_force_mae"] == 0.07 and record["epochs"] == 3
+    assert record["backbone"] == "reference" and "given" in record["checkpoint_source"]

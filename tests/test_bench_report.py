@@ -85,4 +85,5 @@ def test_conservative_variants_and_the_forces_comparison_table():
     lines = forces_comparison({"water-forces": task, "no-forces": {"targets": {"dipole": 1.0}, "backbones": {}}})
     table = "\n".join(lines)
     assert "| water-forces | 0.3 / 0.2 | 0.25 |" in table and "no-forces" not in table and "peer mace" not in table
+    assert "- water-forces: best conservative etgnn-conservative 0.2 eV/Å against painn 0.25: 20% lower." in table
     assert forces_comparison({"x": {"targets": {"forces": 1.0}, "backbones": {"etgnn": record(0.3)}}}) == []
