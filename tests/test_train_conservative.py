@@ -190,3 +190,31 @@ def test_ema_runs_resume_exactly_and_save_the_averaged_weights(trained, tmp_path
     last = load_checkpoint(whole / "run" / "last.pt")
     shadow = last["training_state"]["ema"]["shadow"]
     assert any(not torch.equal(shadow[k], last["state_dict"][k]) for k in shadow)  # last.pt keeps the raw weights
+
+
+def test_two_processes_train_a_conservative_model_like_one_with_twice_the_batch(tmp_path):
+    """DistributedDataParallel with forces and stress from the energy's autograd graph
+    (create_graph inside the forward): every EMT cell has 4 atoms, so two processes of batch 2
+    take exactly the steps of one process of batch 4."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from tensorframe.checkpoint import load_checkpoint
+
+    ase.io.write(tmp_path / "data.xyz", emt_frames(12), format="extxyz")
+    for name, batch in (("ddp", 2), ("single", 4)):
+        settings = config(tmp_path, epochs=2, batch_size=batch, dtype="float64", output_dir=name)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "tensorframe", "train", str(tmp_path / "ddp.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    Trainer(parse_train_config(config(tmp_path, epochs=2, batch_size=4, dtype="float64", output_dir="single")),
+            tmp_path).run()
+    ddp, single = (load_checkpoint(tmp_path / name / "last.pt")["state_dict"] for name in ("ddp", "single"))
+    for key, value in single.items():
+        torch.testing.assert_close(ddp[key], value, rtol=0, atol=1e-10, msg=key)
