@@ -25,6 +25,7 @@ lock, so two invocations with different ``--models`` may run side by side).
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import fcntl
 import json
@@ -155,8 +156,14 @@ def run_given_checkpoint(name: str, path: Path, atoms: ase.Atoms, protocol: MDPr
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     log(f"[md] {name}: given checkpoint {path}; running {protocol.steps} steps")
     record = tensorframe_md(model, atoms, protocol, log=lambda line: log(f"[md] {name}: {line}"))
+    log_path = path.with_name("train_log.csv")
+    minutes = None
+    if log_path.exists():  # every call of a resumed run: the epochs' training time
+        with log_path.open() as stream:
+            minutes = sum(float(row["epoch_time_s"]) for row in csv.DictReader(stream)) / 60.0
     return {"framework": "tensorframe", "backbone": model.config.backbone.name, "checkpoint": _relative(path),
-            "checkpoint_source": "given (--checkpoint); trained on its own split, which may hold the start structure",
+            "training_minutes": minutes,
+            "checkpoint_source": "given (--checkpoint), trained on its own split, which may hold the start structure",
             "test_force_mae": metrics.get("test", {}).get("mae_forces"), **training_record(path),
             "torch_threads": torch.get_num_threads(), **record}
 
@@ -300,7 +307,10 @@ def render(result: dict[str, Any]) -> str:
              "- Models: trained exactly as in the suite, on the same split, for at most 100 epochs or 90 s of wall "
              "time on one CPU core, so their forces are far from converged (test force MAE in the table): the numbers "
              "compare models at this tiny budget, not the architectures' limits. Peers (MACE, PaiNN) run in their own "
-             "venvs with their own ASE calculators (`MACECalculator`, SchNetPack's `SpkCalculator`).",
+             "venvs with their own ASE calculators (`MACECalculator`, SchNetPack's `SpkCalculator`)."
+             + "".join(f" {name}: {r['checkpoint_source']}; {r['training_minutes']:.0f} min of training steps "
+                       f"({r.get('epochs')} epochs), test force MAE on its own test split."
+                       for name, r in result.get("models", {}).items() if r.get("training_minutes") is not None),
              f"- Machine: {env.get('cpu')}, {env.get('cpu_count')} logical CPUs, one torch thread per model "
              f"(OMP_NUM_THREADS={env.get('OMP_NUM_THREADS')}); torch {env.get('versions', {}).get('torch')}. "
              "s/step: MD wall time per step (force call, integrator and checks; each calculator as it comes, so "

@@ -264,6 +264,8 @@ def test_a_given_checkpoint_runs_with_its_own_test_error(tmp_path) -> None:
     path.parent.mkdir()
     tensorframe.save_checkpoint(path, tiny_model([{"name": "energy"}], True))
     (path.parent / "metrics.json").write_text(json.dumps({"epochs": 3, "test": {"mae_forces": 0.07}}))
+    (path.parent / "train_log.csv").write_text("epoch,epoch_time_s\n1,60\n2,90\n")
     record = run_given_checkpoint("long", path, waters(), MDProtocol(steps=20))
     assert record["kind"] == "conservative" and record["test_force_mae"] == 0.07 and record["epochs"] == 3
     assert record["backbone"] == "reference" and "given" in record["checkpoint_source"]
+    assert record["training_minutes"] == pytest.approx(2.5)
