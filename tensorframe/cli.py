@@ -15,12 +15,14 @@ import argparse
 import importlib
 import sys
 
+from tensorframe import __version__
 from tensorframe.commands import COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tensorframe", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--version", action="version", version=f"tensorframe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"tensorframe.commands.{name}").register(sub)

@@ -123,3 +123,42 @@ def test_malformed_command_lines_end_with_one_clear_error_line(args, words, caps
     assert re.match(r"tensorframe( demo)?: error: ", last), last
     assert words in last
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--symprec", "-1", "expected a positive, finite number, got -1"),
+    ("--symprec", "nan", "expected a positive, finite number, got nan"),
+    ("--batch-size", "0", "expected a positive integer, got 0"),
+    ("--batch-size", "-1", "expected a positive integer, got -1"),
+])
+def test_numeric_options_are_checked_before_use(option, value, expected, capsys):
+    """A negative or NaN symprec used to segfault inside spglib; a zero batch size crashed in range()."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "model.pt", "in.xyz", "-o", "out.xyz", option, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}: {expected}" in error
+
+
+def test_evaluate_batch_size_is_checked(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "model.pt", "data.xyz", "--batch-size", "0"])
+    assert "argument --batch-size: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import tensorframe
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"tensorframe {tensorframe.__version__}"
+
+
+def test_the_born_file_writer_refuses_a_bad_symprec():
+    from tensorframe.io.writers import crystal_symmetry
+    from tensorframe.testing.checks import rock_salt
+
+    for bad in (-1.0, float("nan"), 0.0):
+        with pytest.raises(ValueError, match="symprec: expected a positive, finite tolerance"):
+            crystal_symmetry(rock_salt(), bad)
+    assert crystal_symmetry(rock_salt(), 1e-5)[3] == "Fm-3m"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tensorframe.commands.options import positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--key-map", action="append", nargs="+", default=None, metavar="FILE_KEY=FIELD",
                         help="rename label keys of the files to field names, e.g. REF_forces=forces")
     parser.add_argument("-o", "--outdir", default="evaluation", help="folder for metrics.json and plots (evaluation)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.set_defaults(func=cmd_evaluate)
 

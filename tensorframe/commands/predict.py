@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from tensorframe.commands.options import positive_float, positive_int
 from tensorframe.types import Sample
 
 BORN_FIELDS = ("born_charges", "dielectric")
@@ -25,8 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--format", default=None, help="reader name (default: from the file extension)")
     parser.add_argument("--born-file", default=None, metavar="BORN",
                         help="write a phonopy BORN file (one crystal; needs born_charges and dielectric heads)")
-    parser.add_argument("--symprec", type=float, default=1e-5, help="spglib tolerance in Å for --born-file (1e-5)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--symprec", type=positive_float, default=1e-5,
+                        help="spglib tolerance in Å for --born-file (1e-5)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.set_defaults(func=cmd_predict)
 

@@ -151,6 +151,8 @@ def crystal_symmetry(sample: Sample, symprec: float = 1e-5) -> tuple[np.ndarray,
     """
     import spglib
 
+    if not (np.isfinite(symprec) and symprec > 0):  # spglib segfaults on a negative or NaN tolerance
+        raise ValueError(f"symprec: expected a positive, finite tolerance in Å, got {symprec}")
     if not np.all(sample.pbc):
         raise ValueError(f"a BORN file needs a crystal periodic in 3 directions, got pbc={sample.pbc.tolist()}")
     lattice = sample.cell
