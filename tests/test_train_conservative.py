@@ -218,3 +218,20 @@ def test_two_processes_train_a_conservative_model_like_one_with_twice_the_batch(
     ddp, single = (load_checkpoint(tmp_path / name / "last.pt")["state_dict"] for name in ("ddp", "single"))
     for key, value in single.items():
         torch.testing.assert_close(ddp[key], value, rtol=0, atol=1e-10, msg=key)
+
+
+def test_a_key_given_twice_in_a_config_is_an_error(tmp_path):
+    """Plain YAML keeps the last of two `epochs:` silently; the config reader names the line."""
+    from tensorframe.config import ConfigError
+    from tensorframe.train.config import load_train_config
+
+    text = yaml.safe_dump(config(tmp_path)) + "epochs: 3\n"
+    (tmp_path / "twice.yaml").write_text(text)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.startswith("epochs:"))
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(tmp_path / "twice.yaml")
+    message = str(caught.value)
+    assert "\n" not in message and "twice.yaml" in message
+    assert f"duplicate key 'epochs' (first on line {line}); give each key once" in message
+    (tmp_path / "once.yaml").write_text(yaml.safe_dump(config(tmp_path)))
+    assert load_train_config(tmp_path / "once.yaml").epochs == 40
