@@ -15,8 +15,12 @@ One forward (and, for derived quantities, one backward) pass gives every result:
 - a model with an ``energy`` head but neither conservative nor a force head gets the same
   derivatives of that energy (which was not trained against forces);
 - a force head's forces are used as they are (the paper's direct forces);
-- a model without energy or forces (tensor heads only) serves its tensors;
-  ``get_forces`` then raises ASE's ``PropertyNotImplementedError``, nothing else does.
+- a model without energy or forces (tensor heads only) serves its tensors through
+  ``calc.get_property(name, atoms)`` and ``calc.results``; ``get_potential_energy``,
+  ``get_forces`` and ``get_stress`` then raise ASE's ``PropertyNotImplementedError``.
+
+``implemented_properties`` lists what a given model serves; docs/prediction.md has a
+runnable example.
 
 Energies are Python floats (summed in float64), ``stress`` ASE's Voigt 6-vector, all other
 results float64 numpy arrays in the structure's frame (atom-level (N, 3, ...),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import types
 import typing
 from typing import Any
@@ -23,6 +25,30 @@ from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE
 
 class ConfigError(ValueError):
     """A configuration mistake, naming the field path and, where there are any, the valid choices."""
+
+
+MODEL_MEMORY_ENV = "TENSORFRAME_MODEL_MEMORY_GB"
+DEFAULT_MODEL_MEMORY_GB = 8.0
+"""GiB of parameters and buffers a model may take unless ``TENSORFRAME_MODEL_MEMORY_GB`` (or
+``build_model(..., memory_budget_gb=...)``) says otherwise: a config (or checkpoint) asking for
+more is refused before the memory is allocated."""
+
+
+def model_memory_budget_gb(override: float | None = None) -> float:
+    """The model memory budget in GiB: ``override``, else ``$TENSORFRAME_MODEL_MEMORY_GB``, else 8.
+
+    Raises:
+        ConfigError: for a budget that is not a positive, finite number.
+    """
+    source, value = ("memory_budget_gb", override) if override is not None else (
+        MODEL_MEMORY_ENV, os.environ.get(MODEL_MEMORY_ENV, "").strip() or DEFAULT_MODEL_MEMORY_GB)
+    try:
+        budget = float(value)
+    except (TypeError, ValueError):
+        budget = math.nan
+    if not (math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"{source}: expected a positive number of GiB, got {value!r}")
+    return budget
 
 
 class PluginChoice(BaseModel):

@@ -6,8 +6,11 @@ exposed through the entry-point group ``tensorframe``::
     [project.entry-points.tensorframe]
     mybackbone = "my_package.plugin"
 
-Each hook returns a list; the built-in backbones, heads, fields and readers are registered
-through the same hooks.
+Each hook returns a list of the spec type in its annotation (an empty list or ``None`` for
+nothing); anything else (a string, a single spec, an object without ``.name``, another
+kind's spec) is reported as a problem of the plugin and skipped, see
+:mod:`tensorframe.registry`. The built-in backbones, heads, fields and readers are
+registered through the same hooks.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -11,13 +12,21 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from tensorframe.backbones.base import Backbone
-from tensorframe.config import ConfigError, ModelConfig, format_validation_error, parse_model_config
+from tensorframe.config import (
+    ConfigError,
+    ModelConfig,
+    format_validation_error,
+    model_memory_budget_gb,
+    parse_model_config,
+)
 from tensorframe.conservative import check_conservative_heads, energy_derivatives
 from tensorframe.fields import DERIVED_FIELDS, FieldSpec, builtin_field
 from tensorframe.graph.collate import build_graph
 from tensorframe.heads.base import Head
+from tensorframe.io.checks import MAX_ATOMIC_NUMBER, MIN_DISTANCE, InputError, check_structure
 from tensorframe.io.convert import to_sample
 from tensorframe.lifting import TripletLifting
 from tensorframe.normalization import FieldScaling
@@ -119,32 +128,73 @@ class TensorModel(nn.Module):
     def _reference(self) -> torch.Tensor:
         return next(self.parameters())
 
-    def make_graph(self, samples: Sequence[Sample], device: torch.device | str | None = None) -> Graph:
-        """A batched graph with this model's cutoffs, dtype and (by default) device."""
+    def make_graph(self, samples: Sequence[Sample], device: torch.device | str | None = None,
+                   names: Sequence[str] | None = None) -> Graph:
+        """A batched graph with this model's cutoffs, dtype and (by default) device; ``names``
+        (one per sample, e.g. ``"data.xyz: structure 3"``) label errors."""
         reference = self._reference()
         settings = self.graph_settings
         return build_graph(
             samples, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
             dtype=reference.dtype, device=device if device is not None else reference.device,
-            shell_tolerance=settings.neighbor_shell_tolerance,
+            shell_tolerance=settings.neighbor_shell_tolerance, names=names,
+            activation_bytes=self.activation_bytes(),
         )
 
+    ALIVE_ACTIVATIONS = 4
+    """Feature-sized tensors per edge (triplet) assumed alive at once in a forward pass."""
+
+    def activation_bytes(self) -> tuple[float, float]:
+        """Estimated bytes of activations per edge and per triplet in a forward pass: the
+        backbone's edge and triplet widths (or the lifting's), plus the hidden widths of the
+        heads' edge and triplet coefficient MLPs, :data:`ALIVE_ACTIVATIONS` times, at the
+        model's element size. An estimate for the graph memory budget, not a measurement.
+        """
+        dims = self.backbone.feature_dims
+        lift = self.config.lifting
+        if dims.triplet is not None:
+            triplet_width = dims.triplet
+        else:
+            triplet_width = lift.out_dim + lift.hidden if self.lifting is not None else 0
+        edge_width = dims.edge
+        for head in self.heads.values():
+            edge_mlp, triplet_mlp = getattr(head, "edge_coefficients", None), getattr(head, "triplet_coefficients", None)
+            edge_width += edge_mlp[0].out_features if edge_mlp is not None else 0
+            triplet_width += triplet_mlp[0].out_features if triplet_mlp is not None else 0
+        size = self._reference().element_size() * self.ALIVE_ACTIVATIONS
+        return float(edge_width * size), float(triplet_width * size)
+
     @torch.no_grad()
-    def predict(self, structures: Iterable[Any], batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    def predict(self, structures: Iterable[Any], batch_size: int = 16,
+                min_distance: float = MIN_DISTANCE, names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
         """One dict per structure of numpy arrays keyed by field name.
 
         Accepts ase.Atoms, pymatgen Structure/Molecule or Sample; e.g. ``forces`` (N, 3),
         ``born_charges`` (N, 3, 3), ``dielectric`` (3, 3), ``piezo`` (3, 3, 3); ``stress`` and
         ``virial`` (3, 3) of a conservative model (``stress`` for 3D-periodic structures only).
+
+        Every structure is checked first, as the file readers check theirs
+        (:func:`tensorframe.io.checks.check_structure`): atomic numbers 1-118 and within the
+        backbone's embedding (``backbone.max_z``), a usable cell, and no two atoms closer than
+        ``min_distance`` Å (0 turns that check off, for structures with legitimately close atoms).
+        ``names`` (one per structure, e.g. ``"data.xyz: structure 3"``; default ``"structure
+        <i>"``) start every error message.
+
+        Raises:
+            TypeError: naming the structure index, for an object that is not a structure.
+            InputError: naming the structure index (``structure 2: atoms 0 and 1 overlap, ...``).
         """
-        samples = [to_sample(s, index) for index, s in enumerate(structures)]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        samples = self.checked_samples(structures, min_distance, names)
+        names = list(names) if names is not None else [f"structure {i}" for i in range(len(samples))]
         was_training = self.training
         self.eval()
         results: list[dict[str, np.ndarray]] = []
         try:
             for start in range(0, len(samples), batch_size):
                 chunk = samples[start : start + batch_size]
-                graph = self.make_graph(chunk)
+                graph = self.make_graph(chunk, names=names[start : start + batch_size])
                 outputs = self(graph)
                 ptr = graph.ptr.tolist()
                 fields = self.fields
@@ -160,6 +210,51 @@ class TensorModel(nn.Module):
             self.train(was_training)
         return results
 
+    def checked_samples(self, structures: Iterable[Any], min_distance: float = MIN_DISTANCE,
+                        names: Sequence[str] | None = None) -> list[Sample]:
+        """``structures`` as Samples, each checked as :meth:`predict` describes.
+
+        Raises:
+            TypeError: ``structure <i>: expected ase.Atoms, ...`` for an object of another type.
+            InputError: ``structure <i>: ...``, for the first structure that fails a check.
+        """
+        max_z = embedding_limit(self.backbone)
+        samples = []
+        for index, structure in enumerate(structures):
+            where = names[index] if names is not None else f"structure {index}"
+            sample = to_sample(structure, index)
+            check_structure(sample, where, min_distance)
+            problem = unembedded_element(sample.numbers, max_z)
+            if problem is not None:
+                raise InputError(f"{where}: {problem}")
+            samples.append(sample)
+        return samples
+
+
+def embedding_limit(backbone: nn.Module) -> int | None:
+    """The largest atomic number a backbone embeds: its ``max_z`` (attribute or config), else
+    the size of its smallest ``nn.Embedding`` minus one, else None (unknown)."""
+    for owner in (backbone, getattr(backbone, "config", None)):
+        value = getattr(owner, "max_z", None)
+        if isinstance(value, int):
+            return value
+    sizes = [m.num_embeddings for m in backbone.modules() if isinstance(m, nn.Embedding)]
+    return min(sizes) - 1 if sizes else None
+
+
+def unembedded_element(numbers: np.ndarray, max_z: int | None) -> str | None:
+    """What is wrong with the first atom whose atomic number is outside 1..``max_z`` (the
+    backbone's :func:`embedding_limit`; 118 when unknown), or None when every atom is inside.
+
+    Shapes: numbers (N,) int
+    """
+    upper = max_z if max_z is not None else MAX_ATOMIC_NUMBER
+    bad = np.flatnonzero((numbers < 1) | (numbers > upper))
+    if not bad.size:
+        return None
+    atom = int(bad[0])
+    return f"atom {atom} has atomic number {int(numbers[atom])}, outside the backbone's elements 1..{upper} (backbone.max_z)"
+
 
 def _validate_options(spec_config: type, options: dict[str, Any], path: str):
     try:
@@ -168,14 +263,34 @@ def _validate_options(spec_config: type, options: dict[str, Any], path: str):
         raise ConfigError(format_validation_error(error, prefix=path, model=spec_config)) from None
 
 
-def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None = None) -> TensorModel:
+def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None = None,
+                memory_budget_gb: float | None = None) -> TensorModel:
     """A randomly initialised :class:`TensorModel` from a config (dict or :class:`ModelConfig`).
 
+    The model is planned first (:func:`plan_model`: every large tensor on the meta device, so
+    nothing big is allocated) and its size checked against the model memory budget
+    (``memory_budget_gb``, else the environment variable ``TENSORFRAME_MODEL_MEMORY_GB``, else
+    8 GiB) before any large allocation. A component that cannot be planned on the meta device
+    is built for real and checked after allocation.
+
     Raises:
-        ConfigError: naming the field path (``heads[1].hidden``) and valid choices.
+        ConfigError: naming the field path (``heads[1].hidden``) and valid choices, or a model
+            over the memory budget (naming its largest part and option).
     """
     config = parse_model_config(config)
     registry = registry or get_registry()
+    planned = plan_model(config, registry)
+    if planned is not None:
+        check_model_memory(planned, memory_budget_gb)
+        return materialize_model(planned, registry)
+    model = assemble_model(config, registry)
+    check_model_memory(model, memory_budget_gb)
+    return model
+
+
+def assemble_model(config: ModelConfig, registry: Registry) -> TensorModel:
+    """Backbone, heads and (when heads need triplets the backbone lacks) the lifting, with no
+    size check: use :func:`build_model`."""
     try:
         backbone_spec = registry.get("backbone", config.backbone.name)
     except PluginError as error:
@@ -203,3 +318,116 @@ def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None 
         lift = config.lifting
         lifting = TripletLifting(dims.edge, out_dim=lift.out_dim, hidden=lift.hidden, num_angular=lift.num_angular)
     return TensorModel(config, backbone, heads, lifting)
+
+
+META_MIN_ELEMENTS = 1 << 20
+"""Tensors created while planning a model with at least this many elements (4 MiB in float32)
+go to the meta device; smaller ones are real, so components that compute with small tensors
+while they are built (a head's tensor basis) still build."""
+
+
+class _LargeTensorsOnMeta(TorchFunctionMode):
+    """Factory calls without an explicit device (``torch.empty``, ``zeros``, ``randn``, ...)
+    return meta tensors when the result has at least ``min_elements`` elements."""
+
+    def __init__(self, min_elements: int = META_MIN_ELEMENTS) -> None:
+        super().__init__()
+        self.min_elements = min_elements
+        self.constructors = _factory_functions()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's signature
+        kwargs = kwargs or {}
+        if func in self.constructors and kwargs.get("device") is None:
+            probe = func(*args, **{**kwargs, "device": "meta"})  # shape only: allocates nothing
+            if isinstance(probe, torch.Tensor) and probe.numel() >= self.min_elements:
+                return probe
+        return func(*args, **kwargs)
+
+
+def _factory_functions() -> set[Any]:
+    try:
+        from torch.utils._device import _device_constructors  # what torch.device("meta") redirects
+
+        return set(_device_constructors())
+    except (ImportError, AttributeError):  # pragma: no cover - private torch API moved
+        names = ("empty", "empty_strided", "zeros", "ones", "full", "rand", "randn", "randint", "randperm",
+                 "arange", "linspace", "logspace", "eye", "tensor", "as_tensor")
+        return {getattr(torch, name) for name in names if hasattr(torch, name)}
+
+
+def plan_model(config: ModelConfig, registry: Registry) -> TensorModel | None:
+    """The model with its large tensors (:data:`META_MIN_ELEMENTS`) on the meta device: its
+    parameter names, shapes and bytes at the cost of a small model; None when a component
+    cannot be built that way (it computes with a large tensor while it is built).
+
+    A plan with no meta tensor is the model itself (the random generator advanced as by
+    :func:`assemble_model`); otherwise the generator is restored, so :func:`materialize_model`
+    gives the weights a plain build gives.
+
+    Raises:
+        ConfigError: as :func:`assemble_model`.
+    """
+    state = torch.random.get_rng_state()
+    try:
+        with _LargeTensorsOnMeta():
+            planned = assemble_model(config, registry)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - any component failure: build for real and check after
+        torch.random.set_rng_state(state)
+        return None
+    if has_meta_tensors(planned):
+        torch.random.set_rng_state(state)
+    return planned
+
+
+def has_meta_tensors(model: nn.Module) -> bool:
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def materialize_model(planned: TensorModel, registry: Registry) -> TensorModel:
+    """The real model of a plan from :func:`plan_model` (the plan itself when it has no meta tensor)."""
+    return planned if not has_meta_tensors(planned) else assemble_model(planned.config, registry)
+
+
+def check_model_memory(model: TensorModel, budget_gb: float | None = None) -> None:
+    """Refuse a model whose parameters and buffers take more than the budget (GiB; default
+    :func:`tensorframe.config.model_memory_budget_gb`). Works on planned (meta) models.
+
+    Raises:
+        ConfigError: ``<part>: the model would have N parameters (X GiB in float32), over the
+            B GiB model budget; ...``, naming the part holding most bytes and its largest option.
+    """
+    budget = model_memory_budget_gb(budget_gb)
+    tensors = list(itertools.chain(model.named_parameters(), model.named_buffers()))
+    total = sum(t.numel() * t.element_size() for _, t in tensors)
+    if total <= budget * 2**30:
+        return
+    per_part: dict[str, int] = {}
+    for name, tensor in tensors:
+        part = ".".join(name.split(".")[:2]) if name.startswith("heads.") else name.split(".")[0]
+        per_part[part] = per_part.get(part, 0) + tensor.numel() * tensor.element_size()
+    largest = max(per_part, key=per_part.__getitem__)
+    path, options = _config_part(model, largest)
+    sizes = {k: v for k, v in options.items() if isinstance(v, int) and not isinstance(v, bool)}
+    hint = f" (largest size option: {path}.{max(sizes, key=sizes.__getitem__)}={max(sizes.values())})" if sizes else ""
+    parameters = sum(p.numel() for p in model.parameters())
+    dtype = str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch.")
+    raise ConfigError(
+        f"{path}: the model would have {parameters:,} parameters ({total / 2**30:,.1f} GiB in {dtype}), over the "
+        f"{budget:g} GiB model budget; most are in {path}{hint}; shrink the model or raise "
+        f"TENSORFRAME_MODEL_MEMORY_GB"
+    )
+
+
+def _config_part(model: TensorModel, part: str) -> tuple[str, dict[str, Any]]:
+    """The config path (``backbone``, ``heads[1]``, ``lifting``) and options of a top-level part."""
+    config = model.config
+    if part == "backbone":
+        return "backbone", config.backbone.options
+    if part.startswith("heads."):
+        index = list(model.heads).index(part.removeprefix("heads."))
+        return f"heads[{index}]", config.heads[index].options
+    if part == "lifting":
+        return "lifting", config.lifting.model_dump()
+    return "model", {}

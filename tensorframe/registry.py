@@ -1,9 +1,13 @@
 """The plugin manager: built-ins and entry points, registered and checked the same way.
 
-A plugin that fails to import, declares an unknown hook, raises in a hook or registers a
+A plugin that fails to import (or calls ``sys.exit`` while importing), declares an unknown
+hook, raises in a hook, returns something other than a list of the hook's spec type
+(:class:`~tensorframe.specs.BackboneSpec`, :class:`~tensorframe.specs.HeadSpec`,
+:class:`~tensorframe.fields.FieldSpec`, :class:`~tensorframe.specs.ReaderSpec`) or registers a
 name that another plugin already took is recorded as a :class:`PluginProblem` naming the
-plugin and its distribution; the other plugins stay usable. Asking for a broken or
-duplicated name raises :class:`PluginError` with that explanation.
+plugin and its distribution, and what it got wrong is skipped; the other plugins (and the
+plugin's valid items) stay usable. Asking for a broken or duplicated name raises
+:class:`PluginError` with that explanation. ``KeyboardInterrupt`` is never caught.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 import pluggy
 
 from tensorframe import hookspecs
+from tensorframe.fields import FieldSpec
+from tensorframe.specs import BackboneSpec, HeadSpec, ReaderSpec
 
 ENTRY_POINT_GROUP = "tensorframe"
 KINDS = ("backbone", "head", "field", "reader")
@@ -26,6 +32,11 @@ _HOOKS = {
     "field": "tensorframe_register_fields",
     "reader": "tensorframe_register_readers",
 }
+SPEC_TYPES: dict[str, type] = {"backbone": BackboneSpec, "head": HeadSpec, "field": FieldSpec, "reader": ReaderSpec}
+"""The spec class each kind's hook must return a list of."""
+PluginFailure = (Exception, SystemExit)
+"""What a plugin may raise without taking tensorframe down (``sys.exit`` included;
+``KeyboardInterrupt`` is not caught)."""
 
 
 class PluginError(LookupError):
@@ -50,7 +61,18 @@ class PluginProblem:
     message: str
 
     def __str__(self) -> str:
-        return f"plugin {self.plugin!r} (distribution {self.distribution!r}): {self.message}"
+        return f"plugin {self.plugin!r} (distribution {self.distribution!r}): {_one_line(self.message)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe(error: BaseException) -> str:
+    """``TypeName: message``; ``SystemExit`` says that the plugin called ``sys.exit``."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit: it called sys.exit({error.code!r})"
+    return _one_line(f"{type(error).__name__}: {error}")
 
 
 @dataclass
@@ -72,8 +94,8 @@ class Registry:
             return self.items[kind][name]
         except KeyError:
             choices = ", ".join(sorted(self.items[kind])) or "none"
-            hint = "".join(f"\n  {p}" for p in self.problems)
-            broken = f"\nplugins that failed to load:{hint}" if hint else ""
+            hint = "; ".join(str(p) for p in self.problems)
+            broken = f"; plugins that failed to load: {hint}" if hint else ""
             raise PluginError(f"unknown {kind} {name!r}; valid choices: {choices}{broken}") from None
 
     def names(self, kind: str) -> list[str]:
@@ -120,10 +142,10 @@ def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), load_entry_
         try:
             manager.register(plugin, name=name)
             manager.check_pending()
-        except Exception as error:  # noqa: BLE001 - a broken plugin must not hide the others
+        except PluginFailure as error:  # a broken plugin must not hide the others
             if manager.is_registered(plugin):
                 manager.unregister(plugin)
-            registry.problems.append(PluginProblem(name, distribution, f"invalid plugin: {error}"))
+            registry.problems.append(PluginProblem(name, distribution, f"invalid plugin: {_one_line(str(error))}"))
             return
         distributions[name] = distribution
 
@@ -133,10 +155,9 @@ def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), load_entry_
             distribution = entry_point.dist.name if entry_point.dist is not None else "unknown"
             try:
                 plugin = entry_point.load()
-            except Exception as error:  # noqa: BLE001
+            except PluginFailure as error:
                 registry.problems.append(
-                    PluginProblem(entry_point.name, distribution,
-                                  f"failed to import {entry_point.value!r}: {type(error).__name__}: {error}")
+                    PluginProblem(entry_point.name, distribution, f"failed to import {entry_point.value!r}: {_describe(error)}")
                 )
                 continue
             register(entry_point.name, plugin, distribution)
@@ -147,16 +168,73 @@ def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), load_entry_
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
             distribution = distributions.get(impl.plugin_name, "unknown")
             try:
-                specs = impl.function() or []
-            except Exception as error:  # noqa: BLE001
-                registry.problems.append(
-                    PluginProblem(impl.plugin_name, distribution, f"{hook_name} raised {type(error).__name__}: {error}")
-                )
+                returned = impl.function()
+            except PluginFailure as error:
+                registry.problems.append(PluginProblem(impl.plugin_name, distribution, f"{hook_name} raised {_describe(error)}"))
                 continue
+            specs, complaints = checked_specs(kind, returned)
+            for complaint in complaints:
+                registry.problems.append(PluginProblem(impl.plugin_name, distribution, f"{hook_name} {complaint}"))
             for spec in specs:
-                info = PluginInfo(spec.name, kind, impl.plugin_name, distribution, getattr(spec, "description", ""))
+                info = PluginInfo(spec.name, kind, impl.plugin_name, distribution, spec.description)
                 registry.add(kind, spec.name, spec, info)
     return registry
+
+
+def checked_specs(kind: str, returned: object) -> tuple[list[Any], list[str]]:
+    """The valid specs of what a ``kind`` hook returned, and one complaint per thing wrong.
+
+    A hook must return a list (or tuple; ``None`` counts as empty) of :data:`SPEC_TYPES`
+    ``[kind]`` instances with a usable name and callables where the spec needs them. Anything
+    else is refused item by item, never guessed at.
+    """
+    spec_type = SPEC_TYPES[kind]
+    if returned is None:
+        return [], []
+    if not isinstance(returned, (list, tuple)):
+        return [], [f"returned {_kind_of(returned)}; expected a list of {spec_type.__name__}"]
+    specs, complaints = [], []
+    for index, spec in enumerate(returned):
+        problem = _spec_problem(spec, spec_type)
+        if problem is None:
+            specs.append(spec)
+        else:
+            complaints.append(f"item {index}: {problem}; skipped")
+    return specs, complaints
+
+
+def _spec_problem(spec: object, spec_type: type) -> str | None:
+    """What is wrong with one returned item, or None."""
+    if not isinstance(spec, spec_type):
+        return f"expected a {spec_type.__name__}, got {_kind_of(spec)}"
+    if not isinstance(spec.name, str) or not spec.name or spec.name != spec.name.strip() or " " in spec.name:
+        return f"name must be a non-empty string without spaces, got {spec.name!r}"
+    if not isinstance(spec.description, str):
+        return f"{spec.name!r}: description must be a string, got {_kind_of(spec.description)}"
+    if isinstance(spec, (BackboneSpec, HeadSpec)):
+        from pydantic import BaseModel
+
+        if not (isinstance(spec.config, type) and issubclass(spec.config, BaseModel)):
+            return f"{spec.name!r}: config must be a PluginConfig subclass, got {_kind_of(spec.config)}"
+        if not callable(spec.build):
+            return f"{spec.name!r}: build must be callable, got {_kind_of(spec.build)}"
+    if isinstance(spec, ReaderSpec):
+        if not callable(spec.read):
+            return f"{spec.name!r}: read must be callable, got {_kind_of(spec.read)}"
+        if not (isinstance(spec.extensions, tuple) and all(isinstance(e, str) for e in spec.extensions)):
+            return f"{spec.name!r}: extensions must be a tuple of strings, got {spec.extensions!r}"
+    if isinstance(spec, FieldSpec) and not isinstance(spec.units, str):
+        return f"{spec.name!r}: units must be a string, got {_kind_of(spec.units)}"
+    return None
+
+
+def _kind_of(value: object) -> str:
+    """A short description of a wrong value for a one-line message: ``str 'oops'``, ``int 3``."""
+    try:
+        text = repr(value)
+    except PluginFailure:
+        text = "(unprintable)"
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 """The completeness checker (tensorframe.testing.completeness): invariant-subspace dimensions
 against known point-group results and a direct Cartesian computation, and the span of heads
-on degenerate environments (PHYSICS.md, "Completeness on degenerate environments")."""
+on degenerate environments (docs/physics.md, "Completeness on degenerate environments")."""
 
 from __future__ import annotations
 

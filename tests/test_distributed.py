@@ -35,7 +35,7 @@ def config_for(folder: Path, batch_size: int, output_dir: str) -> dict:
     model = copy.deepcopy(STUDENT)
     model["heads"].append({"name": "force", "hidden": 8})  # not a target: its parameters get no gradient
     return make_config(folder, model=model, targets={"dielectric": 1.0}, dtype="float64", epochs=3,
-                       batch_size=batch_size, output_dir=output_dir, checkpoint_every_steps=1)
+                       batch_size=batch_size, output_dir=output_dir, checkpoint_every_steps=1, parity_plots=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def test_two_processes_finish_with_one_writer(two_process_run):
     folder, result = two_process_run
     assert result.returncode == 0, result.stderr[-3000:]
     out = folder / "ddp"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "split.json",
-                                                     "train_log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "parity",
+                                                     "split.json", "train_log.csv"]
     with (out / "train_log.csv").open() as stream:
         assert [row["epoch"] for row in csv.DictReader(stream)] == ["1", "2", "3"]  # one writer: no duplicate rows
     assert sum(line.startswith("epoch ") for line in result.stdout.splitlines()) == 3

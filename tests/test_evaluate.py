@@ -151,8 +151,8 @@ def test_evaluate_command_writes_metrics_plots_and_a_table(model, tmp_path, caps
     samples = write_labelled(model, data)
     outdir = tmp_path / "eval"
     code = main(["evaluate", str(checkpoint), str(data), "-o", str(outdir),
-                 "--key-map", "REF_forces=forces", "REF_born=born_charges", "--key-map", "REF_eps=dielectric",
-                 "REF_energy=energy"])
+                 "--key-map", "REF_forces=forces,REF_born=born_charges", "--key-map", "REF_eps=dielectric",
+                 "--key-map", "REF_energy=energy"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     written = json.loads((outdir / "metrics.json").read_text())

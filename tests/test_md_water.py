@@ -42,7 +42,7 @@ def water_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"path": str(WATER), "format": "deepmd"},
         "split": {"train": 0.6, "valid": 0.1, "test": 0.3, "seed": 0},
         "targets": {"energy": 1.0, "forces": 1.0}, "loss": "mse", "optimizer": {"lr": 0.003},
-        "epochs": 100, "max_time_s": 30, "batch_size": 4, "progress": False, "output_dir": str(folder / "run"),
+        "epochs": 100, "max_time_s": 30, "batch_size": 4, "progress": False, "parity_plots": False, "output_dir": str(folder / "run"),
     }
     result = Trainer(parse_train_config(config), folder).run()
     assert result.metrics["test"]["mae_forces"] < 0.4  # measured 0.23 eV/Å (mean |F| of the labels: 0.60)

@@ -162,8 +162,8 @@ def test_stress_on_a_molecule_or_slab_is_a_one_line_error(tmp_path):
         read_structures(slab, key_map={"REF_stress": "stress"})
     one_line_error(error, str(slab), "structure 0", "field 'stress' (key 'REF_stress')", "3D-periodic",
                    "pbc=[True, True, False]")
-    zero_cell = tmp_path / "zero_cell.xyz"  # molecules often carry Lattice="0 0 0 ...": not periodic
-    zero_cell.write_text(xyz_frame('stress="1 0 0 0 1 0 0 0 1"', lattice='Lattice="0 0 0 0 0 0 0 0 0" pbc="T T T"'))
+    zero_cell = tmp_path / "zero_cell.xyz"  # molecules often carry Lattice="0 0 0 ..." (no pbc): not periodic
+    zero_cell.write_text(xyz_frame('stress="1 0 0 0 1 0 0 0 1"', lattice='Lattice="0 0 0 0 0 0 0 0 0"'))
     with pytest.raises(ValueError, match="stress needs a 3D-periodic cell"):
         read_ase(zero_cell)
     virial = tmp_path / "virial.xyz"

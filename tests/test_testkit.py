@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import tensorframe as tf
 from tensorframe.fields import FieldSpec
+from tensorframe.graph.collate import build_graph
 from tensorframe.heads.base import Head, coefficient_mlp
 from tensorframe.ops.scatter import scatter_mean, scatter_sum
 from tensorframe.testing import (
@@ -61,6 +62,21 @@ def _base_model(*heads: Head) -> tf.TensorModel:
     return tf.TensorModel(base.config, base.backbone, list(heads), base.lifting).double().eval()
 
 
+class UncentredGraphs(tf.TensorModel):
+    """A model whose graphs keep the absolute positions (a graph builder without centring)."""
+
+    def make_graph(self, samples, device=None, names=None):
+        positions = torch.from_numpy(np.concatenate([s.positions for s in samples])).to(self._reference().dtype)
+        settings = self.graph_settings
+        return build_graph(samples, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
+                           dtype=positions.dtype, positions=positions)
+
+
+def _uncentred_model(*heads: Head) -> tf.TensorModel:
+    base = _base_model(*heads)
+    return UncentredGraphs(base.config, base.backbone, list(base.heads.values()), base.lifting).double().eval()
+
+
 def _correct_model() -> tf.TensorModel:
     torch.manual_seed(1)
     config = {
@@ -102,7 +118,9 @@ class FixedVectorAdded(EdgeVector):
 
 class AbsolutePositions(EdgeVector):
     """Weights by |r_j|^2 of absolute positions: rotation-equivariant about the origin,
-    but not translation invariant."""
+    but not translation invariant on a graph whose positions are not centred (the graphs
+    of ``make_graph`` are centred per structure, which makes it invariant: see
+    :func:`_uncentred_model`)."""
 
     def forward(self, graph, features):
         weight = 1.0 + 0.1 * (graph.positions**2).sum(-1, keepdim=True)
@@ -280,10 +298,15 @@ def test_check_passes_correct_models(check) -> None:
         checker(model, _crystal())
 
 
+def _broken_model(check: str, head: Head) -> tf.TensorModel:
+    """The broken head in a model; for translation, one whose graphs are not centred."""
+    return _uncentred_model(head) if check == "translation" else _base_model(head)
+
+
 @pytest.mark.parametrize("check", CHECKS)
 def test_check_catches_its_broken_head(check) -> None:
     checker, broken = CHECKS[check]
-    model = _base_model(broken())
+    model = _broken_model(check, broken())
     with pytest.raises(AssertionError, match=f"field '{broken().field.name}'"):
         checker(model, _crystal())
 
@@ -293,7 +316,14 @@ def test_molecule_checks_catch_broken_heads(check) -> None:
     checker, broken = CHECKS[check]
     checker(_correct_model(), _molecule())
     with pytest.raises(AssertionError):
-        checker(_base_model(broken()), _molecule())
+        checker(_broken_model(check, broken()), _molecule())
+
+
+def test_centred_graphs_make_absolute_positions_translation_invariant() -> None:
+    """``make_graph`` centres each structure, so even a head reading absolute positions
+    passes; the same head on uncentred graphs (above) is caught."""
+    assert_translation_invariant(_base_model(AbsolutePositions()), _crystal())
+    assert_translation_invariant(_base_model(AbsolutePositions()), _molecule())
 
 
 def test_broken_heads_are_broken_in_one_way_only() -> None:

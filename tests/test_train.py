@@ -94,6 +94,7 @@ def make_config(folder: Path, data_path: str = "data.xyz", **overrides: Any) -> 
         "batch_size": 4,
         "output_dir": "run",
         "progress": False,
+        "parity_plots": False,
     }
     config.update(overrides)
     return config
@@ -257,6 +258,11 @@ def test_normalization_is_fit_on_the_training_split(workdir: Path):
 
 
 def test_positive_definite_dielectric_is_scaled_around_the_identity(workdir: Path):
+    frames = ase.io.read(workdir / "data.xyz", index=":")
+    for atoms in frames:  # a positive-definite head needs eps >= 1 (training refuses labels below)
+        values, vectors = np.linalg.eigh(atoms.info["eps"].reshape(3, 3))
+        atoms.info["eps"] = (vectors @ np.diag(np.maximum(values, 1.5)) @ vectors.T).reshape(9)
+    ase.io.write(workdir / "data.xyz", frames)
     model = copy.deepcopy(STUDENT)
     model["heads"] = [{"name": "dielectric", "hidden": 16, "positive_definite": True}]
     result = run(make_config(workdir, model=model, targets={"dielectric": 1.0}, epochs=1), workdir)
@@ -314,10 +320,11 @@ def test_extensive_errors_are_per_atom_and_fields_are_weighted():
 
 # ----------------------------------------------------------- run directory
 def test_run_directory_holds_logs_checkpoints_and_metrics(workdir: Path):
-    result = run(make_config(workdir, epochs=3), workdir)
+    result = run(make_config(workdir, epochs=3, parity_plots=True), workdir)
     out = result.output_dir
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "split.json",
-                                                     "train_log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.json", "parity",
+                                                     "split.json", "train_log.csv"]
+    assert sorted(p.name for p in (out / "parity").iterdir()) == ["parity_born_charges.png", "parity_dielectric.png"]
     rows = log_rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert {"train_loss", "valid_loss", "valid_mae_born_charges", "valid_mae_dielectric", "lr"} <= set(rows[0])
@@ -416,7 +423,7 @@ def test_bad_config_gives_one_line(workdir: Path, change: dict[str, Any], parts:
 def test_cuda_without_a_gpu_is_one_line(workdir: Path):
     code, err = cli("train", str(write_config(workdir, make_config(workdir))), "--device", "cuda")
     assert code == 2
-    assert_one_line(err, "device", "'cuda'", "no CUDA device")
+    assert_one_line(err, "--device cuda", "CUDA is not available on this machine")
 
 
 def test_tensorboard_logs_when_installed_and_warns_otherwise(workdir: Path):

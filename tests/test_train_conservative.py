@@ -46,7 +46,7 @@ def emt_frames(count: int = 24, seed: int = 0) -> list[ase.Atoms]:
 def config(folder: Path, **overrides) -> dict:
     base = {"model": MODEL, "data": {"path": "data.xyz"}, "split": {"train": 0.7, "valid": 0.15, "test": 0.15},
             "targets": {"energy": 1.0, "forces": 1.0, "stress": 1.0}, "loss": "mse", "optimizer": {"lr": 0.005},
-            "epochs": 40, "batch_size": 4, "output_dir": "run", "progress": False, "scheduler": None}
+            "epochs": 40, "batch_size": 4, "output_dir": "run", "progress": False, "parity_plots": False, "scheduler": None}
     base.update(overrides)
     return base
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorframe.commands.options import add_command, positive_float, positive_int
 from tensorframe.registry import get_registry
 
 MARKER = ".tensorframe-demo"
@@ -22,10 +23,10 @@ TARGETS = {"energy": 0.1, "forces": 1.0, "dipole": 1.0, "polarizability": 1.0, "
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="train on the embedded molecules, evaluate, save, reload, predict")
+    parser = add_command(subparsers, "demo", __doc__, help="train on the embedded molecules, evaluate, save, reload, predict")
     parser.add_argument("--backbone", default=None, help="backbone name (default: etgnn if installed, else reference)")
-    parser.add_argument("--seconds", type=float, default=150.0, help="training time budget (default 150 s)")
-    parser.add_argument("--epochs", type=int, default=200, help="at most this many epochs")
+    parser.add_argument("--seconds", type=positive_float, default=150.0, help="training time budget (default 150 s)")
+    parser.add_argument("--epochs", type=positive_int, default=200, help="at most this many epochs")
     parser.add_argument("--output-dir", default="runs/demo", help="run folder (a previous demo run there is replaced)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=cmd_demo)

@@ -7,18 +7,29 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tensorframe.commands.options import positive_float, positive_int
+from tensorframe.commands.options import (
+    add_command,
+    add_device_option,
+    add_graph_memory_option,
+    apply_graph_memory,
+    check_device,
+    parse_key_map,
+    positive_float,
+    positive_int,
+)
 from tensorframe.types import Sample
 
 BORN_FIELDS = ("born_charges", "dielectric")
+DESCRIPTION = """\
+Predict every field of a trained model for the structures in INPUT files. OUT ending in
+.xyz/.extxyz gets extended XYZ (per-atom tensors as flattened columns, structure tensors in
+the frame's info), any other name JSON."""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "predict", help="predict tensors for structures; write extended XYZ / JSON and a phonopy BORN file",
-        description="Predict every field of a trained model for the structures in INPUT files. OUT ending in "
-                    ".xyz/.extxyz gets extended XYZ (per-atom tensors as flattened columns, structure tensors "
-                    "in the frame's info), any other name JSON.",
+    parser = add_command(
+        subparsers, "predict", f"{__doc__}\n\n{DESCRIPTION}",
+        help="predict tensors for structures; write extended XYZ / JSON and a phonopy BORN file",
     )
     parser.add_argument("checkpoint", help="a tensorframe checkpoint (.pt)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="structure files (any tensorframe reader)")
@@ -29,20 +40,9 @@ def register(subparsers) -> None:
     parser.add_argument("--symprec", type=positive_float, default=1e-5,
                         help="spglib tolerance in Å for --born-file (1e-5)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    add_device_option(parser, "cpu", "torch device (default cpu)")
+    add_graph_memory_option(parser)
     parser.set_defaults(func=cmd_predict)
-
-
-def parse_key_map(items: list[list[str]] | list[str] | None) -> dict[str, str]:
-    """``["REF_forces=forces", ...]`` (or a list of such lists) -> ``{"REF_forces": "forces"}``."""
-    flat = [item for group in items or [] for item in ([group] if isinstance(group, str) else group)]
-    key_map = {}
-    for item in flat:
-        key, sep, name = item.partition("=")
-        if not sep or not key or not name:
-            raise ValueError(f"--key-map: expected FILE_KEY=FIELD, got {item!r}")
-        key_map[key] = name
-    return key_map
 
 
 def read_inputs(paths: list[str], format: str | None = None, **options: Any) -> tuple[list[Sample], list[str]]:
@@ -67,13 +67,20 @@ def read_inputs(paths: list[str], format: str | None = None, **options: Any) -> 
     return samples, sources
 
 
+def structure_names(sources: list[str]) -> list[str]:
+    """``["data.xyz:3", ...]`` -> ``["data.xyz: structure 3", ...]``, the prefix of error messages."""
+    return ["{}: structure {}".format(*source.rsplit(":", 1)) for source in sources]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tensorframe.checkpoint import load_model
     from tensorframe.io.writers import write_born_file, write_predictions
 
     if args.output is None and args.born_file is None:
         raise ValueError("nothing to write: give -o OUT and/or --born-file BORN")
-    model = load_model(args.checkpoint, map_location=args.device)
+    device = check_device(args.device)
+    apply_graph_memory(args.graph_memory)
+    model = load_model(args.checkpoint, map_location=device)
     fields = model.fields
     if args.born_file is not None:
         missing = [name for name in BORN_FIELDS if name not in fields]
@@ -85,7 +92,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     samples, sources = read_inputs(args.inputs, args.format)
     if args.born_file is not None and len(samples) != 1:
         raise ValueError(f"--born-file: a BORN file describes one crystal, but the inputs hold {len(samples)} structures")
-    predictions = model.predict(samples, batch_size=args.batch_size)
+    predictions = model.predict(samples, batch_size=args.batch_size, names=structure_names(sources))
     if args.output is not None:
         written = write_predictions(args.output, samples, predictions, {n: f.level for n, f in fields.items()}, sources)
         print(f"wrote {len(samples)} structure(s) with {', '.join(fields)} to {args.output} ({written})")
@@ -102,4 +109,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"independent atoms {atoms}; symmetrisation changed Z* by at most {result.born_change:.2e} e "
             f"(acoustic sum rule residual before: {result.asr_residual:.2e} e) and eps by {result.dielectric_change:.2e}"
         )
+        if result.note:
+            print(f"note: {result.note}")
     return 0
+
+
+__all__ = ["BORN_FIELDS", "cmd_predict", "parse_key_map", "read_inputs", "register"]

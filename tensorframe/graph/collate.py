@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from tensorframe.graph.limits import check_estimated_edges, check_graph_size, count_triplets, graph_memory_budget_gb
 from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE, neighbor_list
 from tensorframe.graph.triplets import build_triplets
 from tensorframe.ops.radial import cosine_cutoff
@@ -23,31 +24,49 @@ def build_graph(
     device: torch.device | str | None = None,
     positions: torch.Tensor | None = None,
     shell_tolerance: float = DEFAULT_SHELL_TOLERANCE,
+    memory_budget_gb: float | None = None,
+    names: Sequence[str] | None = None,
+    activation_bytes: tuple[float, float] = (0.0, 0.0),
 ) -> Graph:
     """Neighbour lists for each sample, joined by atom offsets, then triplets and geometry.
+
+    Positions are taken relative to each structure's centroid (subtracted in float64), so a
+    structure far from the origin (1e6 Å) keeps its float32 geometry, and every output is
+    the same as at the origin; ``Graph.positions`` are these centred positions.
 
     Args:
         triplet_cutoff: only edges shorter than this enter triplets (default: ``cutoff``).
         max_neighbors, shell_tolerance: the per-centre cap of :func:`neighbor_list`: whole
             shells up to the K-th nearest neighbour, equal within ``shell_tolerance`` Å.
         positions: (N, 3) optional positions tensor (e.g. with ``requires_grad``) that
-            replaces the samples' positions in the geometry.
+            replaces the samples' positions in the geometry (used as given, not centred).
+        memory_budget_gb: GiB for the graph's arrays (default:
+            :func:`tensorframe.graph.limits.graph_memory_budget_gb`), checked before building.
+        names: one per sample, starting its error messages (default ``"structure <i>"``).
+        activation_bytes: a model's bytes per edge and per triplet, counted in the budget.
 
     Raises:
         ValueError: naming the structure index, for bad cutoffs or overlapping atoms.
+        GraphTooLarge: (a ValueError) a structure or the batch over the memory budget.
     """
     if len(samples) == 0:
         raise ValueError("samples: expected at least one structure, got none")
     triplet_cutoff = cutoff if triplet_cutoff is None else triplet_cutoff
     if not 0 < triplet_cutoff <= cutoff:
         raise ValueError(f"triplet_cutoff: expected 0 < triplet_cutoff <= cutoff = {cutoff}, got {triplet_cutoff}")
+    budget = graph_memory_budget_gb() if memory_budget_gb is None else memory_budget_gb
     idx_i, idx_j, shifts, edge_batch = [], [], [], []
-    offset = 0
+    offset = num_triplets = 0
     for index, sample in enumerate(samples):
+        where = names[index] if names is not None else f"structure {index}"
+        check_estimated_edges(sample, cutoff, budget, where, activation_bytes)
         try:
             nl = neighbor_list(sample, cutoff, max_neighbors, shell_tolerance)
         except ValueError as error:
-            raise ValueError(f"structure {index}: {error}") from error
+            raise ValueError(f"{where}: {error}") from error
+        triplets = count_triplets(nl.idx_i, nl.idx_j, nl.length < triplet_cutoff, sample.num_atoms)
+        check_graph_size(nl.idx_i.shape[0], triplets, sample.num_atoms, 1, budget, where, activation_bytes)
+        num_triplets += triplets
         idx_i.append(nl.idx_i + offset)
         idx_j.append(nl.idx_j + offset)
         shifts.append(nl.cell_shift)
@@ -58,9 +77,12 @@ def build_graph(
         return torch.from_numpy(np.concatenate(arrays)).to(device=device, dtype=torch.long)
 
     counts = [s.num_atoms for s in samples]
+    check_graph_size(sum(a.shape[0] for a in idx_i), num_triplets, offset, len(samples), budget,
+                     f"batch of {len(samples)} structures", activation_bytes)
     numbers = long([s.numbers for s in samples])
     if positions is None:
-        positions = torch.from_numpy(np.concatenate([s.positions for s in samples])).to(device=device, dtype=dtype)
+        centred = [s.positions - s.positions.mean(axis=0) for s in samples]  # float64
+        positions = torch.from_numpy(np.concatenate(centred)).to(device=device, dtype=dtype)
     cell = torch.from_numpy(np.stack([s.cell for s in samples])).to(device=device, dtype=dtype)
     pbc = torch.from_numpy(np.stack([s.pbc for s in samples])).to(device=device)
     batch = torch.repeat_interleave(torch.arange(len(samples), device=device), torch.tensor(counts, device=device))

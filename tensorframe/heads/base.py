@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,13 @@ class Head(nn.Module):
 
     def forward(self, graph: Graph, features: InvariantFeatures) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def label_out_of_reach(self, label: np.ndarray) -> str | None:
+        """Why this head can never produce ``label`` (one structure's label of its field, in
+        the field's shape, (N, 3, ...) or (3, ...)), or None when it can. Training checks every
+        label with it before the first step (e.g. eps with an eigenvalue below 1 for a head
+        that is the identity plus a positive semi-definite tensor). Default: no constraint."""
+        return None
 
 
 def coefficient_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

@@ -10,10 +10,14 @@ These are the word sets of ``basis: paper``. The default ``basis: complete`` add
 isotropic words (``delta_ij`` per atom and per edge; ``delta_ij a_k`` placements at rank 3)
 and the normal-direction words of triplets (``c (x) c``; ``c (x) c (x) a`` placements), so
 that planar and linear environments get every component their point group allows
-(PHYSICS.md, "Completeness on degenerate environments"). Forces are already complete.
+(docs/physics.md, "Completeness on degenerate environments"). Forces are already complete.
 """
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import PositiveInt
 
 from tensorframe.heads.tensor import Basis, CartesianTensorHead, select_words
 from tensorframe.ops.basis import WordSet, complete_words
@@ -26,7 +30,7 @@ def _field(name: str):
 
 
 class NamedHeadConfig(PluginConfig):
-    hidden: int = 64
+    hidden: PositiveInt = 64
     basis: Basis = "complete"
     """``complete`` (default): the paper's words plus isotropic and normal-direction words;
     ``paper``: exactly the paper's Eqs. 3-8."""
@@ -38,7 +42,13 @@ class ForceHeadConfig(NamedHeadConfig):
 
 class BornHeadConfig(NamedHeadConfig):
     acoustic_sum_rule: bool = False
-    """Subtract each structure's mean Born charge so that sum_k Z*_k = 0 exactly."""
+    """Subtract the mean Born charge so that sum_k Z*_k = 0 exactly, over each structure or
+    each fragment (``sum_rule_over``)."""
+    sum_rule_over: Literal["structure", "fragment"] = "structure"
+    """``structure``: one sum rule for the whole structure (a crystal, one molecule): the mean
+    is over every atom, so disconnected pieces are coupled (water next to NH3, 50 Å apart,
+    shift each other's charges). ``fragment``: one sum rule per connected fragment (atoms
+    joined by edges within the cutoff): right for several neutral molecules in one file."""
 
 
 class DielectricHeadConfig(NamedHeadConfig):
@@ -99,7 +109,8 @@ def build_force_head(config: ForceHeadConfig, dims: FeatureDims) -> CartesianTen
 
 
 def build_born_head(config: BornHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    return _build("born_charges", config, dims, subtract_structure_mean=config.acoustic_sum_rule)
+    return _build("born_charges", config, dims, subtract_structure_mean=config.acoustic_sum_rule,
+                  mean_over=config.sum_rule_over)
 
 
 def build_dielectric_head(config: DielectricHeadConfig, dims: FeatureDims) -> CartesianTensorHead:

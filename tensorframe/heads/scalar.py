@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import PositiveInt
 
 from tensorframe.fields import FieldSpec
 from tensorframe.heads.base import Head, coefficient_mlp
@@ -21,7 +22,7 @@ class ScalarHeadConfig(PluginConfig):
     level: Literal["atom", "structure"] | None = None
     reduce: Literal["mean", "sum"] | None = None
     units: str | None = None
-    hidden: int = 64
+    hidden: PositiveInt = 64
 
 
 class ScalarHead(Head):
@@ -66,7 +67,7 @@ class EnergyHeadConfig(PluginConfig):
     the reference energy of its element (``normalize.E0s`` in training). With
     ``model.conservative: true`` forces, stress and virial are its derivatives."""
 
-    hidden: int = 64
+    hidden: PositiveInt = 64
 
 
 def build_energy_head(config: EnergyHeadConfig, dims: FeatureDims) -> ScalarHead:

@@ -19,7 +19,9 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
+from pydantic import PositiveInt
 
 from tensorframe.fields import FieldSpec
 from tensorframe.heads.base import Head, coefficient_mlp
@@ -37,6 +39,7 @@ from tensorframe.ops.basis import (
     word_product,
     word_skeleton,
 )
+from tensorframe.ops.fragments import connected_components
 from tensorframe.ops.scatter import scatter_mean, scatter_sum
 from tensorframe.ops.symmetry import formula_rank, subspace_dim, symmetric_projector
 from tensorframe.specs import FeatureDims, PluginConfig
@@ -66,7 +69,7 @@ class TensorHeadConfig(PluginConfig):
     charge_flow: bool = False
     """Add sum_i q_i r_i (dipole) or sum_i nu_i (x) r_i + r_i (x) nu_i (polarizability), positions
     relative to the centroid and sum_i q_i = 0; molecules only (refused on periodic structures)."""
-    hidden: int = 64
+    hidden: PositiveInt = 64
 
 
 class CartesianTensorHead(Head):
@@ -84,6 +87,10 @@ class CartesianTensorHead(Head):
         add_identity: add the identity to the result (rank 2).
         subtract_structure_mean: subtract each structure's mean atomic tensor (acoustic
             sum rule for Born charges; atom level only).
+        mean_over: ``"structure"`` (default) or ``"fragment"``: with ``"fragment"`` the mean is
+            subtracted per connected fragment (atoms joined by edges within the cutoff), so
+            each fragment sums to zero on its own and a far-away molecule or lone atom does
+            not shift the others (:func:`tensorframe.ops.fragments.connected_components`).
         charge_flow: add the charge-flow term of :mod:`tensorframe.heads.charge_flow`
             (molecular dipoles and polarizabilities; refused on periodic structures).
     """
@@ -100,6 +107,7 @@ class CartesianTensorHead(Head):
         subtract_structure_mean: bool = False,
         atom_words: tuple[str, ...] = (),
         charge_flow: bool = False,
+        mean_over: str = "structure",
     ) -> None:
         super().__init__()
         if not field.symmetry:
@@ -141,7 +149,10 @@ class CartesianTensorHead(Head):
         self.needs_triplets = bool(triplet_words)
         self.nonnegative = nonnegative
         self.add_identity = add_identity
+        if mean_over not in ("structure", "fragment"):
+            raise ValueError(f"field {field.name!r}: mean_over: expected 'structure' or 'fragment', got {mean_over!r}")
         self.subtract_structure_mean = subtract_structure_mean
+        self.mean_over = mean_over
         # The edge MLP also gives one coefficient per atom word and edge, summed per atom.
         edge_outputs = len(edge_words) + len(atom_words)
         self.edge_coefficients = coefficient_mlp(dims.edge, hidden, edge_outputs) if edge_outputs else None
@@ -302,10 +313,28 @@ class CartesianTensorHead(Head):
             return out.t() @ symmetric_projector(self.field.symmetry, dtype=dtype, device=out.device)
         return out.t().contiguous()
 
+    def label_out_of_reach(self, label: np.ndarray) -> str | None:
+        """With ``nonnegative`` coefficients on positive semi-definite words plus the identity
+        (the ``positive_definite`` dielectric), every eigenvalue of the output is at least 1:
+        a label with a smaller eigenvalue (below 1 - 1e-6) cannot be fitted."""
+        if not (self.nonnegative and self.add_identity):
+            return None
+        matrices = np.asarray(label, dtype=np.float64).reshape(-1, 3, 3)
+        lowest = np.linalg.eigvalsh(0.5 * (matrices + matrices.transpose(0, 2, 1))).min()
+        if lowest >= 1.0 - 1e-6:
+            return None
+        return (f"has an eigenvalue {lowest:.4g} < 1, but this head is the identity plus a positive "
+                f"semi-definite tensor (positive_definite: true), so every eigenvalue it predicts is >= 1; "
+                f"check the labels (units? the electronic part only?) or set positive_definite: false")
+
     def forward(self, graph: Graph, features: InvariantFeatures) -> torch.Tensor:
         out = self.atomic_tensors(graph, features)
         if self.subtract_structure_mean:
-            out = out - scatter_mean(out, graph.batch, graph.num_structures)[graph.batch]
+            if self.mean_over == "fragment":
+                groups, count = connected_components(graph.num_nodes, graph.idx_i, graph.idx_j)
+            else:
+                groups, count = graph.batch, graph.num_structures
+            out = out - scatter_mean(out, groups, count).index_select(0, groups)
         if self.field.level == "structure":
             reduce = scatter_mean if self.field.reduce == "mean" else scatter_sum
             out = reduce(out, graph.batch, graph.num_structures)

@@ -15,6 +15,13 @@ calculator's results (extended XYZ ``stress="..."`` 9 numbers, which ase keeps a
 ASE's sign (positive under tension), stored as (3, 3) eV/Å^3 (``units={"stress": "GPa"}``
 converts); only on structures periodic in all three directions. ``virial`` (3x3 or 9 numbers,
 eV, ``W = -V sigma``) comes from ``atoms.info``.
+
+Before ase reads, :func:`prescan` checks the layout ase trusts: the frame headers of an
+(extended) XYZ file against the lines present (a header claiming 10^9 atoms would hang ase),
+the scale factor of a POSCAR. Nothing is reinterpreted: a zero lattice vector in a periodic
+direction, a partially occupied CIF site and an unknown element symbol are errors. The one
+convention kept: an extended XYZ frame whose ``Lattice`` is all zero and that has no ``pbc=``
+key (ase reads it as periodic) is a molecule; with ``pbc="T T T"`` it is refused.
 """
 
 from __future__ import annotations
@@ -26,9 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from tensorframe.io.checks import MIN_DISTANCE, InputError, check_same_labels, structure_sample
+from tensorframe.io.checks import (
+    MIN_DISTANCE,
+    InputError,
+    check_ase_ordered,
+    check_same_labels,
+    describe_exception,
+    not_found,
+    structure_sample,
+)
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import DEFAULT_KEY_MAP, LabelError, check_units, collect_labels, voigt_kinds
+from tensorframe.io.prescan import XyzFrame, check_poscar_scale, open_binary, scan_xyz
 from tensorframe.io.stress import check_stress_cell
 from tensorframe.types import Sample
 
@@ -59,10 +75,13 @@ def read_ase(
     fields as (3, ...), reshaped from the file's flat rows (row-major).
 
     Raises:
-        ValueError: naming the file, the structure (its frame number in the file) and,
-            for a bad label, the field and the key it came from (wrong size, NaN, missing
-            in some structures, a stress on a structure not periodic in 3D); unknown
-            elements and overlapping atoms likewise.
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file, the structure (its frame number in the file)
+            and, for a bad label, the field and the key it came from (wrong size, NaN,
+            missing in some structures, a stress on a structure not periodic in 3D); a
+            frame header that disagrees with the file, a zero or dependent lattice vector
+            (``field 'cell'``), a partially occupied site, unknown elements, overlapping
+            atoms and whatever ase complains about likewise.
     """
     import ase.io
 
@@ -72,31 +91,121 @@ def read_ase(
     key_map = merged_key_map(key_map, default_keys)
     scales = check_units(units)
     kinds = voigt_kinds(voigt)
-    frame_of = _frame_numbers(index)
+    if not Path(path).exists():
+        raise not_found(path)
+    ase_format = format or guess_ase_format(path)
+    frames = prescan(path, ase_format)
+    frame_of = _frame_numbers(index, len(frames) if frames is not None else None)
     samples: list[Sample] = []
     wheres: list[str] = []
     try:
         for number, atoms in enumerate(ase.io.iread(str(path), index=index, format=format)):
             where = f"{path}: structure {frame_of(number)}"
+            if frames is not None and isinstance(frame_of(number), int):
+                _molecule_convention(atoms, frames[frame_of(number)])
+            _check_ordered(atoms, path, ase_format, frame_of(number), where)
             sample = structure_sample(lambda atoms=atoms: to_sample(atoms), where, min_distance)
             samples.append(sample.with_targets(_labels(atoms, sample, fields, key_map, where, kinds, scales)))
             wheres.append(where)
     except (FileNotFoundError, InputError):
         raise
     except Exception as error:  # noqa: BLE001 - ase raises many kinds for a malformed file
-        special = _SPECIAL_3X3.search(str(error))
-        if special:  # ase's extended XYZ reader takes `stress` and `virial` as 9 numbers only
-            raise ValueError(
-                f"{path}: structure {frame_of(len(samples))}, key {special.group(1)!r}: extended XYZ needs 9 numbers "
-                f"(a 3x3 matrix) for this key; store a 6-value Voigt stress under another key (key_map it to 'stress')"
-            ) from error
-        raise ValueError(
-            f"{path}: structure {frame_of(len(samples))} cannot be read (truncated or malformed file?): {type(error).__name__}: {error}"
-        ) from error
+        raise _read_error(error, path, frame_of(len(samples)), frames, ase_format) from error
     if not samples:
         raise ValueError(f"{path}: no structures found for index {index!r}")
     check_same_labels(samples, wheres)
     return samples
+
+
+def guess_ase_format(path: str | Path) -> str | None:
+    """ase's name for the format of ``path`` (from its name and first bytes), or None."""
+    from ase.io.formats import filetype
+
+    try:
+        return filetype(str(path))
+    except Exception:  # noqa: BLE001 - unknown or unreadable: ase itself will say so
+        return None
+
+
+def prescan(path: str | Path, ase_format: str | None) -> list[XyzFrame] | None:
+    """Check the layout of ``path`` before ase reads it: the frame headers of an (extended)
+    XYZ file (returned), the scale factor of a POSCAR.
+
+    Raises:
+        InputError: naming the file, the structure and what is wrong.
+    """
+    if ase_format in ("extxyz", "xyz"):
+        return scan_xyz(path)
+    if ase_format == "vasp":
+        check_poscar_scale(path)
+    return None
+
+
+def _molecule_convention(atoms: Any, frame: XyzFrame) -> None:
+    """Extended XYZ files of molecules often carry ``Lattice="0 0 0 0 0 0 0 0 0"`` and no
+    ``pbc=``, which ase reads as periodic; a frame that does not declare ``pbc`` and whose
+    whole lattice is zero is a molecule. A frame that declares ``pbc="T ..."``, or whose
+    lattice is zero only in part, keeps its pbc and is refused by the cell check."""
+    if not frame.declares_pbc and atoms.pbc.any() and not np.any(atoms.cell.array):
+        atoms.pbc = False
+
+
+def _check_ordered(atoms: Any, path: str | Path, ase_format: str | None, frame: int | str, where: str) -> None:
+    """Refuse a partially occupied site, named by its CIF label where the file has one."""
+    try:
+        check_ase_ordered(atoms)
+    except ValueError:
+        labels = _cif_site_labels(path, frame) if ase_format == "cif" else None
+        try:
+            check_ase_ordered(atoms, labels)
+        except ValueError as error:
+            raise InputError(f"{where}: {error}") from None
+
+
+def _cif_site_labels(path: str | Path, frame: int | str) -> list[str] | None:
+    """The ``_atom_site_label`` column of the ``frame``-th data block with atoms, if any."""
+    from ase.io.cif import parse_cif
+
+    try:
+        blocks = [block for block in parse_cif(str(path)) if block.has_structure()]
+        labels = blocks[int(frame)].get("_atom_site_label")
+    except Exception:  # noqa: BLE001 - the labels only name the site; without them it is numbered
+        return None
+    return [str(label) for label in labels] if labels is not None else None
+
+
+def _read_error(
+    error: Exception, path: str | Path, frame: int | str, frames: list[XyzFrame] | None, ase_format: str | None
+) -> ValueError:
+    """One line naming the file, the structure and what ase complained about."""
+    where = f"{path}: structure {frame}"
+    special = _SPECIAL_3X3.search(str(error))
+    if special:  # ase's extended XYZ reader takes `stress` and `virial` as 9 numbers only
+        return ValueError(
+            f"{where}, key {special.group(1)!r}: extended XYZ needs 9 numbers "
+            f"(a 3x3 matrix) for this key; store a 6-value Voigt stress under another key (key_map it to 'stress')"
+        )
+    message = describe_exception(error)
+    if message.startswith("unknown element symbol") and frames is not None and isinstance(frame, int):
+        atom = _atom_with_symbol(path, frames[frame], error.args[0])
+        if atom is not None:
+            return ValueError(f"{where}: atom {atom[0]} (line {atom[1]}) has {message}")
+    reader = f"ase's {ase_format!r} reader" if ase_format else "ase"
+    return ValueError(f"{where} cannot be read (truncated or malformed file?): {reader}: {message}")
+
+
+def _atom_with_symbol(path: str | Path, frame: XyzFrame, symbol: str) -> tuple[int, int] | None:
+    """(atom index, line number) of the first atom line of ``frame`` whose first column is
+    ``symbol`` (an error path: reads the file up to that frame)."""
+    first = frame.line + 2  # the count line, then the comment line
+    with open_binary(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if number >= first + frame.num_atoms:
+                break
+            words = line.split()
+            if number >= first and words and words[0].decode(errors="replace") == symbol:
+                return number - first, number
+    return None
 
 
 def merged_key_map(key_map: dict[str, str] | None, default_keys: bool = True) -> dict[str, str]:
@@ -108,11 +217,19 @@ def merged_key_map(key_map: dict[str, str] | None, default_keys: bool = True) ->
     return merged
 
 
-def _frame_numbers(index: str) -> Callable[[int], int | str]:
-    """Position in the selection -> frame number in the file, where the index tells it."""
+def _frame_numbers(index: str, num_frames: int | None = None) -> Callable[[int], int | str]:
+    """Position in the selection -> frame number in the file, where the index (or the
+    number of frames in the file, when known) tells it."""
     from ase.io.formats import string2index
 
     selection = string2index(index) if isinstance(index, str) else index
+    if num_frames is not None:
+        try:
+            chosen = range(num_frames)[selection]
+        except IndexError:  # ase says so when it reads
+            return lambda n: selection
+        chosen = [chosen] if isinstance(chosen, int) else list(chosen)
+        return lambda n: chosen[n] if n < len(chosen) else f"#{n} of selection {index!r}"
     if isinstance(selection, int):
         return lambda n: selection
     start, step = selection.start or 0, selection.step or 1
@@ -134,4 +251,4 @@ def _labels(
     return labels
 
 
-__all__ = ["LabelError", "merged_key_map", "read_ase"]
+__all__ = ["LabelError", "guess_ase_format", "merged_key_map", "prescan", "read_ase"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, not_found, structure_sample
+from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import check_units, collect_labels, voigt_kinds
 from tensorframe.io.stress import check_stress_cell
@@ -78,7 +78,7 @@ def read_asedb(
         database = ase.db.connect(str(path))
         rows = list(database.select(selection, limit=limit, sort="id"))
     except Exception as error:  # noqa: BLE001 - sqlite3 / json / ase raise many kinds
-        raise ValueError(f"{path}: cannot be read as an ASE database: {type(error).__name__}: {error}") from None
+        raise ValueError(f"{path}: cannot be read as an ASE database: {describe_exception(error)}") from None
     for row in rows:
         where = f"{path}: structure {len(samples)} (row id {row.id})"
         sample = structure_sample(lambda row=row: to_sample(row.toatoms()), where, min_distance)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorframe.io.checks import MIN_DISTANCE, not_found, structure_sample
+from tensorframe.io.checks import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import check_units, label_array, voigt_kinds
 from tensorframe.types import Sample
@@ -143,4 +143,4 @@ def _read_structure(file: Path):
     try:
         return Structure.from_file(str(file))
     except Exception as error:  # noqa: BLE001 - pymatgen raises many kinds for a broken file
-        raise ValueError(f"{file} cannot be read (truncated or malformed?): {type(error).__name__}: {error}") from None
+        raise ValueError(f"{file} cannot be read (truncated or malformed?): pymatgen: {describe_exception(error)}") from None

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorframe.fields import FieldSpec
-from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, not_found, structure_sample
+from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, describe_exception, not_found, structure_sample
 from tensorframe.io.labels import check_units, label_array
 from tensorframe.io.stress import not_periodic, virial_to_stress
 from tensorframe.types import Sample
@@ -243,7 +243,7 @@ def _load(file: Path, width: tuple[int, ...] | None, frames: int | None = None) 
     try:
         array = np.load(file, allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - numpy raises ValueError/EOFError/OSError for a broken file
-        raise ValueError(f"{file}: cannot be read (truncated or not a .npy file?): {type(error).__name__}: {error}") from None
+        raise ValueError(f"{file}: cannot be read (truncated or not a .npy file?): {describe_exception(error)}") from None
     array = np.asarray(array, dtype=np.float64)
     array = array.reshape(array.shape[0], -1) if array.ndim >= 1 else array.reshape(1, 1)
     expected_frames = frames if frames is not None else array.shape[0]

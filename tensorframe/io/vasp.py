@@ -3,11 +3,17 @@ through pymatgen, energy, forces and stress through ase; OUTCAR or vasprun.xml, 
 compressed (.gz, .bz2, .xz).
 
 One file gives one structure (the input structure of the run: the initial positions of
-vasprun.xml, the first ionic configuration of the OUTCAR) with the labels found in it:
+vasprun.xml, the first ionic configuration of the OUTCAR) with the labels found in it.
+OUTCAR positions are taken at full precision from the header's ``direct lattice vectors``
+and ``position of ions in cartesian coordinates`` blocks (8-9 decimals), checked against
+the first ionic step's 5-decimal ``POSITION  TOTAL-FORCE`` block that ase reads (within
+1e-4 Å); rounded to 5 decimals, a wurtzite cell is found as Cmc2_1 instead of P6_3mc at
+symprec 1e-5. (The ``ase`` reader, ``index=":"``, gives every ionic step from the 5-decimal
+blocks, the only positions the OUTCAR prints for later steps.)
 
 - ``born_charges`` (N, 3, 3) in e, the per-ion blocks exactly as VASP prints them: row a is
   the electric-field (polarisation) direction, column b the displacement,
-  ``Z*_{k,ab} = dP_a / du_{k,b}`` (tensorframe's convention, PHYSICS.md). OUTCAR via
+  ``Z*_{k,ab} = dP_a / du_{k,b}`` (tensorframe's convention, docs/physics.md). OUTCAR via
   ``Outcar.born`` (the last BORN EFFECTIVE CHARGES section); vasprun.xml from its
   ``born_charges`` array (pymatgen's Vasprun does not read it).
 - ``dielectric`` (3, 3): option ``dielectric``: ``"electronic"`` (default; eps_inf, VASP's
@@ -42,7 +48,7 @@ from typing import Literal
 
 import numpy as np
 
-from tensorframe.io.checks import MIN_DISTANCE, not_found, structure_sample
+from tensorframe.io.checks import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import label_array
 from tensorframe.io.stress import require_periodic
@@ -59,6 +65,8 @@ _MARKERS = {
 }
 GROUND_STATE = ("energy", "forces", "stress")
 """Labels of the first ionic step, from ase's calculator results."""
+ROUNDING = 1e-4
+"""Å: the full-precision initial positions replace ase's 5-decimal ones when this close."""
 SAME_CONFIGURATION = 1e-3
 """Å: a ``structure=`` file this close to the first ionic configuration keeps its energy, forces, stress."""
 
@@ -102,12 +110,31 @@ def read_vasp(
         atoms, parts = _read_outcar(path)
         step = atoms
     if structure is not None:
-        import ase.io
-
-        atoms = ase.io.read(str(structure))
+        atoms = _read_structure_file(Path(structure))
     sample = structure_sample(lambda: to_sample(atoms), where, min_distance)
     ground = _ground_state(step, sample, where, same=atoms is step)
     return [sample.with_targets(_labels(parts, ground, dielectric, piezo, sample, where, path))]
+
+
+def _read_structure_file(structure: Path) -> object:
+    """The ``structure=`` file (POSCAR, CIF, ...) as ase Atoms, its layout checked first.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file and what ase complained about.
+    """
+    import ase.io
+
+    from tensorframe.io.ase_reader import guess_ase_format, prescan
+
+    if not structure.exists():
+        raise not_found(structure)
+    prescan(structure, guess_ase_format(structure))
+    try:
+        return ase.io.read(str(structure))
+    except Exception as error:  # noqa: BLE001 - ase raises many kinds for a malformed file
+        raise ValueError(f"{structure}: structure 0 cannot be read (truncated or malformed file?): "
+                         f"{describe_exception(error)}") from None
 
 
 def _is_vasprun(path: Path) -> bool:
@@ -133,6 +160,7 @@ def _read_outcar(path: Path) -> tuple[object, dict[str, np.ndarray]]:
             text = handle.read()
         found = {key: bool(pattern.search(text)) for key, pattern in _MARKERS.items()}
         atoms = ase.io.read(str(path), index=0, format="vasp-out")
+        _use_full_precision(atoms, text)
         if any(found.values()):  # pymatgen only for linear response (it needs a complete header)
             outcar = Outcar(str(path))
             if not getattr(outcar, "lepsilon", False) and (found["born"] or found["eps_electronic"]):
@@ -140,7 +168,7 @@ def _read_outcar(path: Path) -> tuple[object, dict[str, np.ndarray]]:
             if (found["eps_ionic"] or found["piezo_ionic"]) and not hasattr(outcar, "dielectric_ionic_tensor"):
                 outcar.read_lepsilon_ionic()  # finite-difference runs (IBRION = 5, 6)
     except Exception as error:  # noqa: BLE001 - pymatgen/ase raise many kinds for a broken file
-        raise ValueError(f"{path}: cannot be read as a VASP OUTCAR (truncated?): {type(error).__name__}: {error}") from None
+        raise ValueError(f"{path}: cannot be read as a VASP OUTCAR (truncated?): {describe_exception(error)}") from None
     parts: dict[str, np.ndarray] = {}
     if not any(found.values()):
         return atoms, parts
@@ -158,6 +186,42 @@ def _read_outcar(path: Path) -> tuple[object, dict[str, np.ndarray]]:
     return atoms, parts
 
 
+_FLOAT = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")
+
+
+def _use_full_precision(atoms: object, text: str) -> None:
+    """Replace the cell and positions of ``atoms`` (ase's first ionic step, 5 decimals) with
+    the OUTCAR header's initial lattice and Cartesian positions, where the header has them
+    and they agree within :data:`ROUNDING`; calculator results are left as they are."""
+    initial = _initial_configuration(text, len(atoms))
+    if initial is None:
+        return
+    cell, positions = initial
+    if np.abs(cell - atoms.cell.array).max() <= ROUNDING and np.abs(positions - atoms.positions).max() <= ROUNDING:
+        atoms.set_cell(cell, scale_atoms=False)
+        atoms.positions = positions
+
+
+def _initial_configuration(text: str, num_atoms: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first ``direct lattice vectors`` block (3, 3) and the ``position of ions in
+    cartesian coordinates`` block (N, 3) of an OUTCAR, in Å, or None where either is absent
+    or malformed."""
+    lattice = text.find("direct lattice vectors")
+    start = text.find("position of ions in cartesian coordinates")
+    if lattice < 0 or start < 0:
+        return None
+    rows = text[lattice:].split("\n", 4)[1:4]
+    lines = text[start:].split("\n", num_atoms + 1)[1 : num_atoms + 1]
+    try:
+        cell = np.array([[float(v) for v in _FLOAT.findall(row)[:3]] for row in rows], dtype=np.float64)
+        positions = np.array([[float(v) for v in _FLOAT.findall(line)[:3]] for line in lines], dtype=np.float64)
+    except ValueError:
+        return None
+    if cell.shape != (3, 3) or positions.shape != (num_atoms, 3):
+        return None
+    return cell, positions
+
+
 def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray], object]:
     """The initial structure (pymatgen), the linear-response parts, and ase's Atoms of the
     first ionic step (with its calculator results)."""
@@ -172,7 +236,7 @@ def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray], object]:
         born = _vasprun_born_charges(path)
         step = ase.io.read(str(path), index=0, format="vasp-xml")
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot be read as a VASP vasprun.xml (truncated?): {type(error).__name__}: {error}") from None
+        raise ValueError(f"{path}: cannot be read as a VASP vasprun.xml (truncated?): {describe_exception(error)}") from None
     parts: dict[str, np.ndarray] = {}
     if born is not None:
         parts["born"] = born

@@ -8,6 +8,16 @@ reshapes the same way, so a file written here reads back as labels. ``stress`` a
 treats specially: ase reads ``stress=`` back as its calculator's stress (``atoms.get_stress()``,
 Voigt, tensorframe's sign) and ``virial=`` as a 3x3 ``info`` entry.
 
+Input labels travel beside the predictions (MACE's scheme with the roles swapped): each label
+of a structure (``sample.targets``) is written as ``REF_<field>`` in the same layout,
+``atoms.arrays`` for atom-level fields and ``atoms.info`` for structure-level ones, always
+flattened row-major (``REF_stress`` too: no ``REF_`` key is special to ase, so none is moved
+into a calculator). The predictions keep the plain field names. JSON output has a
+``labels`` object per structure beside ``predictions``. To evaluate against the labels of
+such a file, map the ``REF_`` keys onto the fields and the plain ones away, e.g.
+``--key-map REF_forces=forces,forces=pred_forces`` (a key mapped to a name that is no field
+is ignored).
+
 BORN (phonopy's non-analytical-term input)::
 
     default    # comment                   line 1: unit conversion factor ("default": phonopy's)
@@ -44,17 +54,23 @@ def sample_to_atoms(sample: Sample):
     return ase.Atoms(numbers=sample.numbers, positions=sample.positions, cell=sample.cell, pbc=sample.pbc)
 
 
+LABEL_PREFIX = "REF_"
+"""Prefix of the input labels written beside the predictions (``REF_forces`` beside ``forces``)."""
+
+
 def write_predictions_extxyz(
     path: str | Path, samples: Sequence[Sample], predictions: Sequence[Prediction], levels: Mapping[str, str] | None = None
 ) -> None:
     """One frame per structure; atom-level fields as flattened columns, structure-level in ``info``.
 
     ``levels`` gives ``"atom"`` or ``"structure"`` per field (a model's ``fields``); fields
-    not in it are looked up in the field registry.
+    not in it are looked up in the field registry. Each structure's input labels
+    (``sample.targets``) are written beside the predictions as ``REF_<field>``.
 
     Shapes: an atom-level prediction (N, 3, ...) is written as N rows of 3**rank numbers;
     a structure-level one (3, ...) as 3**rank numbers (a scalar as one number); ``stress``
-    and ``virial`` (3, 3) as 3x3 matrices (ase's own layout for these keys).
+    and ``virial`` (3, 3) as 3x3 matrices (ase's own layout for these keys). Labels the same
+    way, except that ``REF_stress`` and ``REF_virial`` are 9 numbers, row-major.
     """
     import ase.io
 
@@ -62,19 +78,29 @@ def write_predictions_extxyz(
     for sample, prediction in zip(samples, predictions, strict=True):
         atoms = sample_to_atoms(sample)
         for name, value in prediction.items():
-            value = np.asarray(value, dtype=np.float64)
-            if _level(name, levels) == "atom":
-                atoms.arrays[name] = value.reshape(sample.num_atoms, -1)
-            elif name in _ASE_3X3 and value.size == 9:
-                atoms.info[name] = value.reshape(3, 3)
-            else:
-                atoms.info[name] = float(value) if value.ndim == 0 else value.reshape(-1)
+            _put(atoms, name, np.asarray(value, dtype=np.float64), _level(name, levels), sample.num_atoms)
+        for name, value in sample.targets.items():
+            _put(atoms, LABEL_PREFIX + name, np.asarray(value, dtype=np.float64), _level(name, levels), sample.num_atoms)
         frames.append(atoms)
     ase.io.write(str(path), frames, format="extxyz")
 
 
 # info keys ase's extended XYZ reads as 3x3 matrices (``stress`` into its calculator)
 _ASE_3X3 = ("stress", "virial")
+
+
+def _put(atoms, key: str, value: np.ndarray, level: str, num_atoms: int) -> None:
+    """``value`` under ``key``: N flattened rows in ``atoms.arrays`` for an atom-level field,
+    else in ``atoms.info`` (a 3x3 matrix for ase's special keys, a float or flat numbers otherwise).
+
+    Shapes: value (N, 3, ...) at atom level, (3, ...) or () at structure level
+    """
+    if level == "atom":
+        atoms.arrays[key] = value.reshape(num_atoms, -1)
+    elif key in _ASE_3X3 and value.size == 9:
+        atoms.info[key] = value.reshape(3, 3)
+    else:
+        atoms.info[key] = float(value) if value.ndim == 0 else value.reshape(-1)
 
 
 def _level(name: str, levels: Mapping[str, str] | None) -> str:
@@ -91,8 +117,9 @@ def _level(name: str, levels: Mapping[str, str] | None) -> str:
 def write_predictions_json(
     path: str | Path, samples: Sequence[Sample], predictions: Sequence[Prediction], sources: Sequence[str] | None = None
 ) -> None:
-    """A list of ``{"index", "source", "numbers", "positions", "cell", "pbc", "predictions"}``,
-    tensors as nested lists (unflattened: ``born_charges`` is N x 3 x 3)."""
+    """A list of ``{"index", "source", "numbers", "positions", "cell", "pbc", "predictions", "labels"}``,
+    tensors as nested lists (unflattened: ``born_charges`` is N x 3 x 3); ``labels`` holds the
+    structure's input labels (``sample.targets``, ``{}`` when it has none) in the same layout."""
     rows = []
     for index, (sample, prediction) in enumerate(zip(samples, predictions, strict=True)):
         rows.append({
@@ -103,6 +130,7 @@ def write_predictions_json(
             "cell": sample.cell.tolist(),
             "pbc": sample.pbc.tolist(),
             "predictions": {name: np.asarray(value, dtype=np.float64).tolist() for name, value in prediction.items()},
+            "labels": {name: np.asarray(value, dtype=np.float64).tolist() for name, value in sample.targets.items()},
         })
     Path(path).write_text(json.dumps(rows, indent=1) + "\n")
 
@@ -135,6 +163,8 @@ class SymmetrizedBorn:
     born_change: float  # max |Z_sym - Z_in| over atoms and components, in e
     asr_residual: float  # max |sum_k Z_k| of the input, in e
     dielectric_change: float  # max |eps_sym - eps_in|
+    loose_symbol: str | None = None  # the space group at LOOSE_SYMPREC when it differs, else None
+    note: str | None = None  # one line for the user when loose_symbol is set (see loose_symmetry_note)
 
 
 def crystal_symmetry(sample: Sample, symprec: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -182,10 +212,47 @@ def crystal_symmetry(sample: Sample, symprec: float = 1e-5) -> tuple[np.ndarray,
     return rotations, permutations, np.asarray(get("equivalent_atoms")), str(get("international"))
 
 
+LOOSE_SYMPREC = 1e-3
+"""Tolerance (Å) at which the space group is looked up again: positions rounded to 5 decimals
+(a POSCAR written by hand, an OUTCAR) can hide symmetry at the default 1e-5."""
+
+
+def spacegroup_symbol(sample: Sample, symprec: float) -> str | None:
+    """spglib's international symbol at ``symprec``, or None where it finds none."""
+    import spglib
+
+    frac = sample.positions @ np.linalg.inv(sample.cell)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            dataset = spglib.get_symmetry_dataset((sample.cell, frac, sample.numbers), symprec=symprec)
+        except Exception:  # noqa: BLE001 - spglib's own error type moved between versions
+            return None
+    if dataset is None:
+        return None
+    return str(dataset["international"] if isinstance(dataset, dict) else dataset.international)
+
+
+def loose_symmetry_note(sample: Sample, symbol: str, symprec: float,
+                        loose: float = LOOSE_SYMPREC) -> tuple[str | None, str | None]:
+    """(the space group at ``loose``, a one-line note) when it differs from ``symbol`` found at
+    ``symprec``; (None, None) when they agree or ``symprec`` is not tighter than ``loose``."""
+    if symprec >= loose:
+        return None, None
+    found = spacegroup_symbol(sample, loose)
+    if found is None or found == symbol:
+        return None, None
+    return found, (f"space group {found} at symprec {loose:g} but {symbol} at {symprec:g}: positions may be "
+                   f"rounded; pass --symprec {loose:g} if the higher symmetry is real")
+
+
 def symmetrize_born_and_dielectric(
     sample: Sample, born_charges: np.ndarray, dielectric: np.ndarray, symprec: float = 1e-5
 ) -> SymmetrizedBorn:
     """Space-group average of the Born charges, acoustic sum rule, point-group average of eps.
+
+    The result's ``note`` says when the space group at :data:`LOOSE_SYMPREC` differs from
+    the one used (rounded positions hiding symmetry); the tensors always use ``symprec``.
 
     Shapes: born_charges (N, 3, 3), dielectric (3, 3)
     """
@@ -205,6 +272,7 @@ def symmetrize_born_and_dielectric(
     eps_avg = np.einsum("gab,bc,gdc->ad", rotations, eps, rotations) / len(rotations)
     eps_avg = 0.5 * (eps_avg + eps_avg.T)
     _, first = np.unique(equivalent, return_index=True)
+    loose_symbol, note = loose_symmetry_note(sample, symbol, symprec)
     return SymmetrizedBorn(
         born_charges=averaged,
         dielectric=eps_avg,
@@ -214,6 +282,8 @@ def symmetrize_born_and_dielectric(
         born_change=float(np.abs(averaged - born).max()),
         asr_residual=float(np.abs(born.sum(axis=0)).max()),
         dielectric_change=float(np.abs(eps_avg - eps).max()),
+        loose_symbol=loose_symbol,
+        note=note,
     )
 
 
@@ -251,6 +321,7 @@ def write_born_file(
 
 
 __all__ = [
-    "SymmetrizedBorn", "born_file_text", "crystal_symmetry", "sample_to_atoms", "symmetrize_born_and_dielectric",
-    "write_born_file", "write_predictions", "write_predictions_extxyz", "write_predictions_json",
+    "LABEL_PREFIX", "LOOSE_SYMPREC", "SymmetrizedBorn", "born_file_text", "crystal_symmetry", "loose_symmetry_note",
+    "sample_to_atoms", "spacegroup_symbol", "symmetrize_born_and_dielectric", "write_born_file", "write_predictions",
+    "write_predictions_extxyz", "write_predictions_json",
 ]

@@ -11,7 +11,7 @@ letters has parity ``(-1)^n``; a head uses only words of its tensor's parity.
 Upper-case letters come in pairs and put the identity on their two positions: ``"II"`` is
 ``delta_ij``, ``"IIa"`` is ``delta_ij a_k``, ``"IJIJ"`` is ``delta_ik delta_jl``. These
 *isotropic* words, and the normal direction ``c``, are what products of edge directions lack
-on planar and linear environments (PHYSICS.md, "Completeness on degenerate environments").
+on planar and linear environments (docs/physics.md, "Completeness on degenerate environments").
 A word's *skeleton* is its lower-case letters in order: heads sum coefficient x skeleton
 product over edges or triplets first and place the identities afterwards, per atom, with
 :func:`isotropic_embedding`.

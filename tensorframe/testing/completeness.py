@@ -1,4 +1,4 @@
-"""Completeness of a head on degenerate environments (PHYSICS.md, "Completeness on degenerate
+"""Completeness of a head on degenerate environments (docs/physics.md, "Completeness on degenerate
 environments").
 
 Equivariance says what a head may not do; completeness says what it must be able to do. An

@@ -11,7 +11,8 @@ giving a class- (or wider-) scoped ``backbone_config`` fixture::
             return {"name": "mybackbone", "hidden": 16}   # small sizes keep it fast
 
 The backbone is built into one float64 model with EVERY built-in head (:data:`CONTRACT_HEADS`:
-force, Born charges with and without the acoustic sum rule, dielectric with and without
+force, Born charges without the acoustic sum rule and with it per structure and per fragment,
+dielectric with and without
 ``positive_definite``, piezo, scalars, polarizability, hyperpolarizability, an atom-level
 ``"ij"`` field and a rank-4 ``"ijkl=jikl=ijlk=klij"`` field), and the contract checks:
 
@@ -85,6 +86,7 @@ CONTRACT_HEADS: tuple[dict[str, Any], ...] = (
     {"name": "force"},
     {"name": "born"},
     {"name": "contract_born_asr", "acoustic_sum_rule": True},
+    {"name": "contract_born_fragment_asr", "acoustic_sum_rule": True, "sum_rule_over": "fragment"},
     {"name": "dielectric"},
     {"name": "contract_dielectric_positive_definite", "positive_definite": True},
     {"name": "piezo"},
@@ -110,7 +112,8 @@ def _renamed(build: Callable[[Any, FeatureDims], Head], field: str) -> Callable[
 
 
 class ContractHeadsPlugin:
-    """Registers ``contract_born_asr`` (field ``born_charges_asr``) and
+    """Registers ``contract_born_asr`` (field ``born_charges_asr``), ``contract_born_fragment_asr``
+    (field ``born_charges_fragment_asr``, the sum rule per fragment) and
     ``contract_dielectric_positive_definite`` (field ``dielectric_positive_definite``): the
     built-in born and dielectric heads under other field names, so both variants of each fit
     in one model."""
@@ -119,6 +122,8 @@ class ContractHeadsPlugin:
     def tensorframe_register_heads(self) -> list[HeadSpec]:
         return [
             HeadSpec("contract_born_asr", BornHeadConfig, _renamed(build_born_head, "born_charges_asr")),
+            HeadSpec("contract_born_fragment_asr", BornHeadConfig,
+                     _renamed(build_born_head, "born_charges_fragment_asr")),
             HeadSpec("contract_dielectric_positive_definite", DielectricHeadConfig,
                      _renamed(build_dielectric_head, "dielectric_positive_definite")),
         ]

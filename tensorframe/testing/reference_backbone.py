@@ -9,6 +9,7 @@ atoms' states with the distance expansion (centre and neighbour kept apart). Opt
 from __future__ import annotations
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 
 from tensorframe.backbones.base import Backbone
@@ -19,11 +20,11 @@ from tensorframe.types import Graph, InvariantFeatures
 
 
 class ReferenceBackboneConfig(PluginConfig):
-    hidden: int = 32
-    num_radial: int = 16
-    num_interactions: int = 2
+    hidden: PositiveInt = 32
+    num_radial: PositiveInt = 16
+    num_interactions: PositiveInt = 2
     triplets: bool = False
-    max_z: int = 100
+    max_z: PositiveInt = 100
 
 
 class ReferenceBackbone(Backbone):

@@ -148,6 +148,9 @@ class TrainConfig(_Strict):
     output_dir: str = "runs/train"
     checkpoint_every_steps: PositiveInt | None = None
     progress: bool = True
+    progress_interval_s: NonNegativeFloat = Field(
+        30.0, description="without a terminal, a progress line with the loss at most this often (seconds)")
+    parity_plots: bool = Field(True, description="parity plots of the best model on the test split at the end")
     tensorboard: bool = False
 
     @property
@@ -157,8 +160,8 @@ class TrainConfig(_Strict):
 
 # Keys that may change between a run and its resumption; any other change is refused.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "max_time_s", "device", "progress", "tensorboard", "checkpoint_every_steps", "output_dir",
-     "early_stopping", "eval_batch_size", "amp"}
+    {"epochs", "max_time_s", "device", "progress", "progress_interval_s", "parity_plots", "tensorboard",
+     "checkpoint_every_steps", "output_dir", "early_stopping", "eval_batch_size", "amp"}
 )
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from tensorframe.config import ConfigError
 from tensorframe.fields import DERIVED_FIELDS, FieldSpec
 from tensorframe.graph.neighbors import neighbor_list
-from tensorframe.model import TensorModel
+from tensorframe.model import TensorModel, embedding_limit, unembedded_element
 from tensorframe.registry import PluginError
 from tensorframe.train.config import DataConfig, SplitConfig, resolve_path
 from tensorframe.types import Sample
@@ -120,17 +119,6 @@ def _read_split_file(path: Path, num_structures: int) -> dict[str, list[int]]:
     return split
 
 
-def embedding_limit(backbone: nn.Module) -> int | None:
-    """The largest atomic number a backbone embeds: its ``max_z`` (attribute or config), else
-    the size of its smallest ``nn.Embedding`` minus one, else None (unknown)."""
-    for owner in (backbone, getattr(backbone, "config", None)):
-        value = getattr(owner, "max_z", None)
-        if isinstance(value, int):
-            return value
-    sizes = [m.num_embeddings for m in backbone.modules() if isinstance(m, nn.Embedding)]
-    return min(sizes) - 1 if sizes else None
-
-
 def check_targets_predicted(model: TensorModel, targets: Iterable[str]) -> None:
     """Every target field has a head.
 
@@ -151,8 +139,10 @@ def validate_samples(model: TensorModel, dataset: Dataset, indices: Iterable[int
     """Check, before any training step, every structure that a split uses.
 
     Checks: atomic numbers the backbone embeds; each target label present, of the field's
-    shape and finite; no two atoms on top of each other; every atom has a neighbour inside
-    the cutoff (a lone atom would get zero tensors whatever its label).
+    shape and finite, and within reach of its head (``Head.label_out_of_reach``: e.g. eps
+    with an eigenvalue below 1 for a ``positive_definite`` dielectric head); no two atoms on
+    top of each other; every atom has a neighbour inside the cutoff (a lone atom would get
+    zero tensors whatever its label).
 
     Raises:
         DataError: naming the file, structure index, and field or atom.
@@ -164,14 +154,15 @@ def validate_samples(model: TensorModel, dataset: Dataset, indices: Iterable[int
         sample, where = dataset.samples[index], dataset.origins[index]
         if sample.num_atoms == 0:
             raise DataError(f"{where}: the structure has no atoms")
-        bad = np.flatnonzero((sample.numbers < 1) | (sample.numbers > (max_z if max_z is not None else 10**9)))
-        if bad.size:
-            raise DataError(
-                f"{where}: atom {int(bad[0])} has atomic number {int(sample.numbers[bad[0]])}, outside the "
-                f"backbone's elements 1..{max_z} (raise backbone max_z or remove the structure)"
-            )
+        problem = unembedded_element(sample.numbers, max_z)
+        if problem is not None:
+            raise DataError(f"{where}: {problem}; raise the backbone's max_z or remove the structure")
         for name in targets:
             _check_label(sample, fields[name], where)
+            head = model.heads[name] if name in model.heads else None
+            problem = head.label_out_of_reach(np.asarray(sample.targets[name])) if head is not None else None
+            if problem is not None:
+                raise DataError(f"{where}: field {name!r}: the label {problem}")
             if name in PERIODIC_ONLY and not sample.pbc.all():
                 raise DataError(
                     f"{where}: field {name!r}: needs a cell periodic in all three directions (pbc is "

@@ -11,6 +11,7 @@ everything here is a no-op.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -39,19 +40,31 @@ class DistributedContext:
         return self.rank == 0
 
 
-def resolve_device(request: str, local_rank: int = 0) -> torch.device:
+def resolve_device(request: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` in a multi-process run -> ``cuda:LOCAL_RANK``.
 
     Raises:
-        ConfigError: for CUDA on a machine without it.
+        ConfigError: for anything but auto, cpu, cuda, cuda:N; for CUDA on a machine without
+            it, an index beyond the machine's devices, or ``cuda:N`` under torchrun (every
+            process would take the same GPU: use ``cuda``).
     """
     if request == "auto":
         request = "cuda" if torch.cuda.is_available() else "cpu"
-    if request.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {request!r} requested, but this torch has no CUDA device (use cpu or auto)")
-        return torch.device(f"cuda:{local_rank}" if request == "cuda" else request)
-    return torch.device("cpu")
+    if request == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", request):
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {request!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {request!r}: CUDA is not available on this machine (torch {torch.__version__})")
+    if request == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    if world_size > 1:
+        raise ConfigError(f"device: {request!r} would put all {world_size} torchrun processes on one GPU; "
+                          f"use 'cuda' (each process takes cuda:LOCAL_RANK)")
+    index, count = int(request.split(":")[1]), torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"device: {request!r}, but this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device(request)
 
 
 def setup_distributed(device_request: str) -> DistributedContext:
@@ -59,7 +72,7 @@ def setup_distributed(device_request: str) -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_request, local_rank)
+    device = resolve_device(device_request, local_rank, world_size)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

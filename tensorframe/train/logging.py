@@ -1,16 +1,16 @@
 """What a run writes as it goes: a CSV row per epoch, TensorBoard scalars when installed and
-asked for, and a progress bar on a terminal."""
+asked for, and progress within an epoch: a bar with the running training loss on a terminal,
+plain lines on stderr every ``PROGRESS_INTERVAL_S`` seconds otherwise (CI logs, nohup, SLURM)."""
 
 from __future__ import annotations
 
 import csv
 import sys
+import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any, TextIO
 
 
 class CsvLog:
@@ -72,11 +72,62 @@ class TensorBoardLog:
             self.writer.close()
 
 
-def progress(items: Iterable[T], enabled: bool, total: int, description: str) -> Iterator[T]:
-    """A tqdm bar over ``items`` when ``enabled`` and stderr is a terminal; the items otherwise."""
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
+PROGRESS_INTERVAL_S = 30.0
+"""Seconds between two plain progress lines when stderr is not a terminal."""
 
-        yield from tqdm(items, total=total, desc=description, leave=False, dynamic_ncols=True)
-    else:
-        yield from items
+
+class EpochProgress:
+    """Progress through one epoch's batches, with the running mean training loss.
+
+    On a terminal (``stream.isatty()``) a tqdm bar whose postfix is the loss; otherwise a
+    plain line ``epoch 3/100  batch 120/400  loss 0.1234  12.3 s`` (seconds since the epoch
+    started) on ``stream``, at most every ``interval_s`` seconds, plus one for the epoch's
+    last batch when a line was printed during the epoch and not for that batch (an epoch
+    shorter than ``interval_s`` prints nothing: its summary line follows). Silent unless
+    ``enabled`` (the config's ``progress``, on rank 0 only).
+
+    Args:
+        epoch: the epoch, counted from 1; ``epochs`` of the run.
+        start: batches of this epoch already done (resumed mid-epoch); ``total`` in the epoch.
+        interval_s: seconds between plain lines; None: :data:`PROGRESS_INTERVAL_S`.
+    """
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, start: int, total: int,
+                 interval_s: float | None = None, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled, self.epoch, self.epochs, self.total = enabled, epoch, epochs, total
+        self.interval_s = PROGRESS_INTERVAL_S if interval_s is None else interval_s
+        self.clock = clock
+        self.started = self.last_line = clock()
+        self.batch = start
+        self.printed_batch: int | None = None  # batch of the last plain line this epoch
+        self.bar = None
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+                            file=self.stream)
+
+    def update(self, batch: int, mean_loss: float) -> None:
+        """After batch number ``batch`` (1-based), with the mean loss of the epoch's batches so far."""
+        self.batch, self.mean_loss = batch, mean_loss
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
+            self.bar.update(1)
+        elif self.clock() - self.last_line >= self.interval_s:
+            self._line()
+
+    def close(self) -> None:
+        """End of the epoch (or of the run, mid-epoch): the bar goes; a last line if one is due."""
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.printed_batch is not None and self.printed_batch != self.batch:
+            self._line()
+
+    def _line(self) -> None:
+        print(f"epoch {self.epoch}/{self.epochs}  batch {self.batch}/{self.total}  loss {self.mean_loss:.4g}  "
+              f"{self.clock() - self.started:.1f} s", file=self.stream, flush=True)
+        self.last_line, self.printed_batch = self.clock(), self.batch

@@ -8,11 +8,16 @@ A run directory (``output_dir``) holds::
     best.pt          the model with the lowest validation loss (its averaged weights with ema_decay)
     last.pt          the latest model with its ``training_state`` (for ``--resume``)
     metrics.json     at the end: the best model's validation and test metrics
+    parity/          at the end: parity plots of the best model on the test split (validation
+                     without one), one PNG per target field (``parity_plots: false``: none)
     tensorboard/     with ``tensorboard: true`` and the package installed
 
 Checkpoints are written atomically by :func:`tensorframe.checkpoint.save_checkpoint`;
 ``last.pt`` is written at the end of each epoch and every ``checkpoint_every_steps``
 optimizer steps, so a killed run loses at most the steps since then.
+
+Within an epoch, rank 0 shows the running mean training loss: a bar on a terminal, a plain
+line on stderr every ``progress_interval_s`` seconds otherwise (``progress: false``: nothing).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from tensorframe.train.distributed import (
     wrap_model,
 )
 from tensorframe.train.ema import WeightAverage
-from tensorframe.train.logging import CsvLog, TensorBoardLog, progress
+from tensorframe.train.logging import CsvLog, EpochProgress, TensorBoardLog
 from tensorframe.train.loss import batch_loss, summarize
 from tensorframe.train.state import capture_rng_states, restore_rng_states, seed_everything
 
@@ -88,6 +93,7 @@ class TrainResult:
     output_dir: Path
     metrics: dict[str, Any]
     stopped: str
+    parity_dir: Path | None = None  # the best model's parity plots (rank 0; None when none were written)
 
 
 class TargetHeads(torch.nn.Module):
@@ -317,12 +323,13 @@ class Trainer:
                 mine = p.data_order[self.context.rank]
                 batches = [mine[s : s + config.batch_size] for s in range(0, len(mine), config.batch_size)]
                 epoch_started = time.monotonic()
-                steps = progress(range(p.step, len(batches)), config.progress and main, len(batches) - p.step,
-                                 f"epoch {p.epoch + 1}")
+                shown = EpochProgress(config.progress and main, p.epoch + 1, config.epochs, p.step, len(batches),
+                                      config.progress_interval_s)
                 out_of_time = False
-                for step in steps:
+                for step in range(p.step, len(batches)):
                     p.train_loss_sum += self._train_step([train[k] for k in batches[step]])
                     p.train_batches += 1
+                    shown.update(step + 1, p.train_loss_sum / p.train_batches)
                     p.step, p.global_step = step + 1, p.global_step + 1
                     every = config.checkpoint_every_steps
                     if every and p.global_step % every == 0 and p.step < len(batches):
@@ -333,6 +340,7 @@ class Trainer:
                     out_of_time = any_process(limit is not None and time.monotonic() - started > limit, self.context)
                     if out_of_time:
                         break
+                shown.close()
                 if p.step < len(batches):  # out of time mid-epoch: keep the position for --resume
                     self._save_last()
                     stopped = "max_time_s"
@@ -343,11 +351,11 @@ class Trainer:
                     break
             if stopped == "epochs" and patience is not None and p.bad_epochs >= patience:
                 stopped = "early_stopping"
-            metrics = self._final_metrics(stopped, time.monotonic() - started)
+            metrics, parity_dir = self._final_metrics(stopped, time.monotonic() - started)
         finally:
             if tensorboard is not None:
                 tensorboard.close()
-        return TrainResult(self.output_dir, metrics, stopped)
+        return TrainResult(self.output_dir, metrics, stopped, parity_dir)
 
     def _end_epoch(self, seconds: float, tensorboard: TensorBoardLog | None) -> None:
         config, p = self.config, self.progress
@@ -386,22 +394,43 @@ class Trainer:
                   f"lr {lr:.2e}  {seconds:.1f} s{'  *' if improved else ''}", flush=True)
         self._save_last()
 
-    def _final_metrics(self, stopped: str, seconds: float) -> dict[str, Any]:
+    def _final_metrics(self, stopped: str, seconds: float) -> tuple[dict[str, Any], Path | None]:
+        """metrics.json, and the parity plots of the best model (rank 0): (metrics, their folder)."""
         p = self.progress
         metrics: dict[str, Any] = {"stopped": stopped, "epochs": p.epoch, "steps": p.global_step,
                                    "best_epoch": p.best_epoch, "train_time_s": seconds}
+        parity_dir = None
         if self.best_state is not None:
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(self.best_state)
             metrics["valid"] = self.evaluate(self.split["valid"])
             if self.split["test"]:
                 metrics["test"] = self.evaluate(self.split["test"])
+            if self.context.is_main and self.config.parity_plots:
+                parity_dir = self._parity_plots()
             self.model.load_state_dict(current)
         if self.context.is_main:
             tmp = self.output_dir / ".metrics.json.tmp"
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
             os.replace(tmp, self.output_dir / "metrics.json")
-        return metrics
+        return metrics, parity_dir
+
+    def _parity_plots(self) -> Path:
+        """``parity/parity_<field>.png`` per target field, for the model as it is (the best one)
+        on the test split, else the validation split; says so in one printed line."""
+        from tensorframe.evaluate import collect_pairs, parity_plot
+
+        split = "test" if self.split["test"] else "valid"
+        samples = [self.dataset.samples[i] for i in self.split[split]]
+        folder = self.output_dir / "parity"
+        folder.mkdir(exist_ok=True)
+        pairs = collect_pairs(self.model, samples, self.config.effective_eval_batch_size)
+        for name in self.targets:
+            if name in pairs:
+                parity_plot(pairs[name], folder / f"parity_{name}.png", self.fields[name].symmetry)
+        print(f"parity plots of the best model (epoch {self.progress.best_epoch}) on the {split} split "
+              f"({len(samples)} structures): {folder}", flush=True)
+        return folder
 
     def _write_run_files(self) -> None:
         dump = self.config.model_dump(mode="json")

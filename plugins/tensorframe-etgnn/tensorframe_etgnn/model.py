@@ -73,7 +73,8 @@ class ETGNN(Backbone):
     def forward(self, graph: Graph) -> InvariantFeatures:
         if graph.numbers.numel() and int(graph.numbers.max()) > self.config.max_z:
             raise ValueError(
-                f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = {self.config.max_z}"
+                f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = {self.config.max_z}, "
+                f"the largest element this backbone embeds; raise max_z in its config"
             )
         rbf = self.rbf(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)
         edges, kj, ji = triplet_edges(graph.idx_kj, graph.idx_ji, graph.edge_len.shape[0])

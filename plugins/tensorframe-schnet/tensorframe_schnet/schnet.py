@@ -122,7 +122,8 @@ class SchNet(Backbone):
 
     def forward(self, graph: Graph) -> InvariantFeatures:
         if graph.num_nodes and int(graph.numbers.max()) > self.max_z:
-            raise ValueError(f"numbers: atomic number {int(graph.numbers.max())} exceeds max_z = {self.max_z}")
+            raise ValueError(f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = "
+                             f"{self.max_z}, the largest element this backbone embeds; raise max_z in its config")
         idx_i, idx_j = graph.idx_i, graph.idx_j
         # Element embedding.
         x = self.embedding(graph.numbers)
