@@ -291,15 +291,19 @@ def run_task(task: Task, backbones: list[str], peers: list[str], reduced: bool, 
 def parity_plots(task: Task, backbone: str, result: dict[str, Any], plots_dir: Path) -> list[str]:
     """One parity PNG per target field of the best backbone; paths relative to the repo."""
     from tensorframe.evaluate import FieldPairs, parity_plot
+    from tensorframe.registry import get_registry
 
+    registry = get_registry()
     plots_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, f in result["fields"].items():
+        # the plot's title is not a field name: give the field's symmetry for its panels
+        symmetry = registry.items["field"][name].symmetry if name in registry.items["field"] else None
         p, t = f["_rows"]
         rank = int(round(np.log(p.shape[1]) / np.log(3))) if p.shape[1] > 1 else 0
         pairs = FieldPairs(f"{name} ({task.name}, {backbone})", f["level"], f["units"], rank, p, t, 0)
         path = plots_dir / f"suite_{task.name}_{name}.png"
-        parity_plot(pairs, path)
+        parity_plot(pairs, path, symmetry)
         paths.append(str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path))
     return paths
 
