@@ -12,25 +12,22 @@ import sys
 from pathlib import Path
 
 from benchmarks import bench_md
-from benchmarks.common import REPO_ROOT, write_json
 from benchmarks.peers import available_peers
 from benchmarks.speed import run_speed
 from benchmarks.suite import BACKBONES, RUNS_DIR, run_suite, split_model_name
 from benchmarks.suite_report import load_speed, merge, write_docs
 from benchmarks.tasks import TASKS
+from benchmarks.toolkit import DOCS, RESULTS, write_json
 
-RESULTS = REPO_ROOT / "benchmarks" / "results"
 SPEED_JSON = RESULTS / "speed.json"
-PLOTS = REPO_ROOT / "docs" / "benchmarks"
+PLOTS = DOCS.parent / "benchmarks"
 
 
-def _names(values: list[str] | None, choices: list[str], what: str) -> list[str]:
+def _names(values: list[str] | None, choices: list[str]) -> list[str]:
+    """``values`` split at commas; all of ``choices`` for nothing or "all", none for "none"."""
     if not values or values == ["all"]:
         return list(choices)
-    if values == ["none"]:
-        return []
-    out = [v for value in values for v in value.split(",") if v]
-    return out
+    return [] if values == ["none"] else [v for value in values for v in value.split(",") if v]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "speed":
         backbones = {name: BACKBONES[split_model_name(name)[0]]
-                     for name in _names(args.backbones, list(BACKBONES), "backbone")}
-        run_speed(_names(args.tasks, list(TASKS), "task"), backbones, _names(args.peers, available_peers(), "peer"),
+                     for name in _names(args.backbones, list(BACKBONES))}
+        run_speed(_names(args.tasks, list(TASKS)), backbones, _names(args.peers, available_peers()),
                   args.repeats, args.json.resolve(), reduced=args.reduced, merge=args.merge)
         print(f"wrote {args.json}; rewrite the docs with `python -m benchmarks docs --inputs ...`")
         return 0
-    tasks = _names(args.tasks, list(TASKS), "task")
-    backbones = _names(args.backbones, list(BACKBONES), "backbone")
-    peers = _names(args.peers, available_peers(), "peer")
+    tasks = _names(args.tasks, list(TASKS))
+    backbones = _names(args.backbones, list(BACKBONES))
+    peers = _names(args.peers, available_peers())
     out = (args.out or (RUNS_DIR / "reduced" if args.reduced else RESULTS)).resolve()
     json_path = out / (args.json or ("suite-reduced.json" if args.reduced else "suite.json"))
     docs = args.docs if args.docs is not None else not args.reduced

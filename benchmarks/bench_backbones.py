@@ -44,34 +44,45 @@ import contextlib
 import copy
 import functools
 import gc
-import importlib.metadata
 import itertools
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import (
+from benchmarks.toolkit import (
+    PLUGIN_DISTRIBUTIONS,
     REPO_ROOT,
+    add_report_arguments,
+    backward_call,
     cpu_memory_method,
     environment,
+    fmt,
+    forward_call,
+    machine_line,
     markdown_table,
-    peak_memory_mb,
-    replace_section,
-    write_json,
+    max_rss_mb,
+    measure_within_budget,
+    num_parameters,
+    prediction_loss,
+    publish,
+    quick_defaults,
+    ratio,
+    rss_mb,
+    seeded_model,
+    size_parser,
+    written_by,
 )
-from tensorframe import build_model, get_registry
+from tensorframe import get_registry
 from tensorframe.graph import build_graph, neighbor_list
 from tensorframe.types import Graph, InvariantFeatures, Sample
 
@@ -222,69 +233,12 @@ def feature_loss(features: InvariantFeatures) -> torch.Tensor:
     return loss
 
 
-def prediction_loss(predictions: dict[str, torch.Tensor]) -> torch.Tensor:
-    return sum(value.square().mean() for value in predictions.values())
-
-
 def make_model(backbone: str, checkpoint: bool = False) -> nn.Module:
-    torch.manual_seed(0)
     options = {"checkpoint": True} if checkpoint else {}
-    config = {"cutoff": CUTOFF, "triplet_cutoff": TRIPLET_CUTOFF, "backbone": {"name": backbone, **options},
-              "heads": list(HEADS)}
-    return build_model(config)
+    return seeded_model(CUTOFF, TRIPLET_CUTOFF, {"name": backbone, **options}, HEADS)
 
 
 # --------------------------------------------------------------------------- measurement
-
-
-def measure(fn: Callable[[], Any], warmup: int, repeats: int, budget_s: float) -> dict[str, Any]:
-    """Peak memory and time of ``fn()``.
-
-    The first call is measured (memory and time). A call shorter than ``budget_s`` is then
-    warmed up (``warmup`` calls in all, the first included), measured again, and repeated up
-    to ``repeats`` timed calls while their total stays within ``budget_s``; the median is
-    reported. A longer call is reported from its first call alone (``first_call: true``),
-    where one-off start-up costs are small against its duration.
-    """
-    times: list[float] = []
-
-    def timed() -> None:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-
-    cpu = torch.device("cpu")
-    peak = peak_memory_mb(timed, cpu)
-    first_call = warmup == 0 or times[0] > budget_s
-    if not first_call:
-        for _ in range(warmup - 1):
-            fn()
-        times.clear()
-        peak = peak_memory_mb(timed, cpu)
-        while len(times) < repeats and sum(times) + times[-1] <= budget_s:
-            timed()
-    ms = [1e3 * t for t in times]
-    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms), "repeats": len(ms),
-            "first_call": first_call, "peak_mb": peak}
-
-
-def forward_call(run: Callable[[Graph], Any], graph: Graph) -> Callable[[], Any]:
-    def call() -> Any:
-        with torch.no_grad():
-            return run(graph)
-
-    return call
-
-
-def backward_call(model: nn.Module, run: Callable[[Graph], Any], loss: Callable[[Any], torch.Tensor],
-                  graph: Graph) -> Callable[[], None]:
-    """One forward + backward; gradients are freed first, so that their allocation is measured."""
-
-    def call() -> None:
-        model.zero_grad(set_to_none=True)
-        loss(run(graph)).backward()
-
-    return call
 
 
 class ForwardParts:
@@ -387,7 +341,7 @@ def _measure_series(model: nn.Module, series: dict[str, dict[str, Callable[[], A
             model.train(mode == "forward_backward")
             print(f"[bench_backbones]   {name} {mode}", file=sys.stderr, flush=True)
             with (contexts or {}).get((name, mode), contextlib.nullcontext()):
-                results.append({"series": name, "mode": mode, **measure(call, warmup, repeats, budget_s)})
+                results.append({"series": name, "mode": mode, **measure_within_budget(call, warmup, repeats, budget_s)})
 
 
 def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget_s: float, profile: bool,
@@ -401,27 +355,27 @@ def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget
     out: dict[str, Any] = {"group": group, "atoms": sample.num_atoms, "results": [], "graphs": {}}
     if group == PYG_GROUP:
         model: nn.Module = PygDimeNetPlusPlus()
-        out["parameters"] = sum(p.numel() for p in model.parameters())
+        out["parameters"] = num_parameters(model)
         for name, triplet_cutoff in PYG_TRIPLET_CUTOFFS.items():
             if name in skip:
                 continue
             graph = build_graph([sample], CUTOFF, triplet_cutoff)
             out["graphs"][name] = {"edges": graph.num_edges, "triplets": graph.num_triplets}
             gc.collect()
-            out.setdefault("baseline_rss_mb", _rss_mb())
+            out.setdefault("baseline_rss_mb", rss_mb())
             series = {name: pyg_series(model, graph)}
             _measure_series(model, series, out["results"], warmup, repeats, budget_s)
             if profile and name == "pyg_dimenetpp_4A":
                 out["profile"] = {name: _profile(model, series[name]["forward_backward"])}
             del graph, series
-        out["max_rss_mb"] = _max_rss_mb()
+        out["max_rss_mb"] = max_rss_mb()
         return out
     graph = build_graph([sample], CUTOFF, TRIPLET_CUTOFF)
     model = make_model(group.removesuffix("_checkpoint"), checkpoint=group.endswith("_checkpoint"))
-    out["parameters"] = sum(p.numel() for p in model.parameters())
+    out["parameters"] = num_parameters(model)
     out["graphs"][group] = {"edges": graph.num_edges, "triplets": graph.num_triplets}
     gc.collect()
-    out["baseline_rss_mb"] = _rss_mb()
+    out["baseline_rss_mb"] = rss_mb()
     series = backbone_series(group, model, graph)
     parts = ForwardParts(model.backbone) if group == "etgnn" else None
     _measure_series(model, series, out["results"], warmup, repeats, budget_s,
@@ -438,7 +392,7 @@ def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget
             del full, trunk
         if profile:
             out["profile"] = {"etgnn": _profile(model, series["etgnn"]["forward_backward"])}
-    out["max_rss_mb"] = _max_rss_mb()
+    out["max_rss_mb"] = max_rss_mb()
     return out
 
 
@@ -446,22 +400,6 @@ def _profile(model: nn.Module, call: Callable[[], Any]) -> dict[str, Any]:
     model.train()
     call()  # warm-up
     return {"mode": "forward_backward", "top_ops": profile_top_ops(call)}
-
-
-def _rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _max_rss_mb() -> float:
-    """``ru_maxrss`` now. Resetting VmHWM (``clear_refs``) resets it too: this is the high-water
-    mark since the start of the last measurement, not of the whole worker."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(spec: dict[str, Any], in_process: bool, timeout_s: float) -> dict[str, Any]:
@@ -495,19 +433,9 @@ def available_groups(with_pyg: bool) -> list[str]:
     return groups
 
 
-def _environment() -> dict[str, Any]:
-    env = environment()
-    for name in ("torch_geometric", "sympy", "tensorframe-etgnn", "tensorframe-schnet", "tensorframe-cgcnn"):
-        try:
-            env["versions"][name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            env["versions"][name] = None
-    return env
-
-
 def run(sizes: Sequence[int], repeats: int, warmup: int, budget_s: float, max_pyg_triplets: int,
         in_process: bool, timeout_s: float, profile: bool, with_pyg: bool) -> dict[str, Any]:
-    env = _environment()
+    env = environment(("torch_geometric", "sympy", *PLUGIN_DISTRIBUTIONS))
     groups = available_groups(with_pyg and pyg_available())
     profile_reps = supercell_reps(min(sizes, key=lambda s: abs(s - PROFILE_SIZE))) if profile else None
     rows, failures = [], []
@@ -571,10 +499,6 @@ def lookup(row: dict[str, Any], series: str, mode: str, key: str = "median_ms") 
     return None
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per size: ETGNN over PyG DimeNet++, and ETGNN's triplet blocks against the trunks."""
     out = []
@@ -589,10 +513,10 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
                                      else None}
             for name in PYG_TRIPLET_CUTOFFS:
                 entry[f"{name}_ms"] = lookup(row, name, mode)
-                entry[f"etgnn_over_{name}"] = _ratio(full, entry[f"{name}_ms"])
-            entry["triplet_blocks_over_pyg_dimenetpp_4A"] = _ratio(entry["triplet_blocks_ms"],
+                entry[f"etgnn_over_{name}"] = ratio(full, entry[f"{name}_ms"])
+            entry["triplet_blocks_over_pyg_dimenetpp_4A"] = ratio(entry["triplet_blocks_ms"],
                                                                    entry["pyg_dimenetpp_4A_ms"])
-            entry["triplet_blocks_over_etgnn_trunk"] = _ratio(entry["triplet_blocks_ms"], trunk)
+            entry["triplet_blocks_over_etgnn_trunk"] = ratio(entry["triplet_blocks_ms"], trunk)
             item[mode] = entry
         breakdown = row["groups"]["etgnn"].get("forward_breakdown_ms")
         if breakdown:
@@ -604,12 +528,6 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
-
-
 def series_label(series: str) -> str:
     if series in SERIES_LABELS:
         return SERIES_LABELS[series]
@@ -619,7 +537,7 @@ def series_label(series: str) -> str:
 def _cell(row: dict[str, Any], series: str, mode: str, key: str) -> str:
     value = lookup(row, series, mode, key)
     if value is not None:
-        return _fmt(value)
+        return fmt(value)
     if series in row["skipped"]:
         return "skipped"
     return "failed" if any("error" in g for g in row["groups"].values()) else "–"
@@ -627,15 +545,12 @@ def _cell(row: dict[str, Any], series: str, mode: str, key: str) -> str:
 
 def render_markdown(result: dict[str, Any]) -> str:
     env, settings, rows = result["environment"], result["settings"], result["sizes"]
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     lines = [
         "## Backbones: time and memory, and ETGNN against PyG DimeNet++",
         "",
-        f"Written by `python -m benchmarks.bench_backbones` on {env['date']} (commit {env['git_commit'] or 'unknown'}); "
-        "do not edit by hand. Raw numbers: `benchmarks/results/backbones.json`.",
+        written_by("python -m benchmarks.bench_backbones", env, "benchmarks/results/backbones.json"),
         "",
-        f"- Machine: {env['cpu']}, {env['cpu_count']} logical CPUs, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
-        f"torch threads {env['torch_num_threads']}; {env['platform']}, Python {env['python']}; {versions}.",
+        machine_line(env),
         f"- Structure: {settings['structure']}, a = {settings['lattice_A']} Å "
         f"({settings['density_per_A3']:.3f} atoms/Å³), rattle {settings['rattle_A']} Å; edges within "
         f"{settings['cutoff_A']} Å, triplets from edges within {settings['triplet_cutoff_A']} Å; "
@@ -679,13 +594,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         for item in result["summary"]:
             fwd, fb, hooks = item["forward"], item["forward_backward"], item.get("forward_hooks_ms")
             table.append([
-                item["atoms"], _fmt(fwd["etgnn_over_pyg_dimenetpp_4A"], 2), _fmt(fwd["etgnn_over_pyg_dimenetpp_6A"], 2),
-                _fmt(fb["etgnn_over_pyg_dimenetpp_4A"], 2), _fmt(fb["etgnn_over_pyg_dimenetpp_6A"], 2),
-                " / ".join(_fmt(hooks[k]) for k in ("trunk", "triplet_blocks", "other")) if hooks else "–",
-                f"{_fmt(fb['etgnn_trunk_ms'])} / {_fmt(fb['triplet_blocks_ms'])}",
-                f"{_fmt(fwd['triplet_blocks_over_pyg_dimenetpp_4A'], 2)}, "
-                f"{_fmt(fb['triplet_blocks_over_pyg_dimenetpp_4A'], 2)}",
-                f"{_fmt(fwd['triplet_blocks_over_etgnn_trunk'], 2)}, {_fmt(fb['triplet_blocks_over_etgnn_trunk'], 2)}",
+                item["atoms"], fmt(fwd["etgnn_over_pyg_dimenetpp_4A"], 2), fmt(fwd["etgnn_over_pyg_dimenetpp_6A"], 2),
+                fmt(fb["etgnn_over_pyg_dimenetpp_4A"], 2), fmt(fb["etgnn_over_pyg_dimenetpp_6A"], 2),
+                " / ".join(fmt(hooks[k]) for k in ("trunk", "triplet_blocks", "other")) if hooks else "–",
+                f"{fmt(fb['etgnn_trunk_ms'])} / {fmt(fb['triplet_blocks_ms'])}",
+                f"{fmt(fwd['triplet_blocks_over_pyg_dimenetpp_4A'], 2)}, "
+                f"{fmt(fb['triplet_blocks_over_pyg_dimenetpp_4A'], 2)}",
+                f"{fmt(fwd['triplet_blocks_over_etgnn_trunk'], 2)}, {fmt(fb['triplet_blocks_over_etgnn_trunk'], 2)}",
             ])
         lines.append(markdown_table(header, table))
     for row in rows:
@@ -694,7 +609,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 lines += ["", f"Top operators of one forward+backward of {series_label(name)}, {row['atoms']} atoms "
                           "(torch.profiler, self CPU time):", "",
                           markdown_table(["operator", "self ms", "share", "calls"],
-                                         [[f"`{op['op']}`", _fmt(op["self_ms"]), f"{100 * op['self_share']:.0f}%",
+                                         [[f"`{op['op']}`", fmt(op["self_ms"]), f"{100 * op['self_share']:.0f}%",
                                            op["calls"]] for op in profile["top_ops"]])]
     if result["failures"]:
         lines += ["", "Failures: " + "; ".join(result["failures"]) + "."]
@@ -705,11 +620,9 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_backbones", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"sizes {QUICK_SIZES}, 1 call per case, in one process, no profile (a smoke run)")
-    parser.add_argument("--sizes", type=int, nargs="+", help=f"atoms per structure (default {DEFAULT_SIZES})")
-    parser.add_argument("--repeats", type=int, help="most timed calls per case (default 3, quick 1)")
+    parser = size_parser("python -m benchmarks.bench_backbones", __doc__,
+                         f"sizes {QUICK_SIZES}, 1 call per case, in one process, no profile (a smoke run)",
+                         DEFAULT_SIZES, "most timed calls per case (default 3, quick 1)")
     parser.add_argument("--warmup", type=int, help="calls before the measured ones, for calls under the budget "
                         "(default 1, quick 0)")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed calls per case (default 3)")
@@ -719,20 +632,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-process", action="store_true", help="no subprocess per size and group")
     parser.add_argument("--no-pyg", action="store_true", help="skip PyG DimeNet++")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler runs")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
-                        help="folder for backbones.json")
-    parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="markdown file to update")
-    parser.add_argument("--no-docs", action="store_true", help="do not touch the markdown file")
+    add_report_arguments(parser, "backbones.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.sizes is None:
-        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
-    if args.warmup is None:
-        args.warmup = 0 if args.quick else 1
-    if args.max_pyg_triplets is None:
-        args.max_pyg_triplets = 100_000 if args.quick else 2_500_000
+    args = quick_defaults(parser.parse_args(argv), sizes=(QUICK_SIZES, DEFAULT_SIZES), repeats=(1, 3), warmup=(0, 1),
+                          max_pyg_triplets=(100_000, 2_500_000))
     args.in_process = args.in_process or args.quick
     args.profile = not (args.no_profile or args.quick)
     if any(s < 1 for s in args.sizes):
@@ -750,11 +653,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         return None
     result = run(args.sizes, args.repeats, args.warmup, args.budget, args.max_pyg_triplets, args.in_process,
                  args.timeout, args.profile, not args.no_pyg)
-    write_json(args.out / "backbones.json", result)
-    markdown = render_markdown(result)
-    if not args.no_docs:
-        replace_section(args.docs, "backbones", markdown)
-    print(markdown)
+    publish(result, args.out / "backbones.json", render_markdown(result), "backbones", None if args.no_docs else args.docs)
     return result
 
 

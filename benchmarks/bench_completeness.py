@@ -19,21 +19,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import REPO_ROOT, environment, markdown_table, replace_section, write_json
 from benchmarks.suite import BACKBONES, REDUCED_BACKBONES, RUNS_DIR, _public, run_backbone, write_task_data
 from benchmarks.tasks import TASKS, Task, budget, load_task
+from benchmarks.toolkit import (
+    DOCS,
+    RESULTS,
+    environment,
+    interleaved_rounds,
+    markdown_table,
+    replace_section,
+    seeded_model,
+    write_json,
+)
+from benchmarks.toolkit import fmt_sig as _g
 from tensorframe.types import Sample
 
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "completeness.json"
-DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+RESULTS_JSON = RESULTS / "completeness.json"
 TASK_NAMES = ("default-molecules", "tensoap-clusters", "deepmd-water-polar", "becs-eps")
 BACKBONE_NAMES = ("schnet", "etgnn")
 BASES = ("complete", "paper")
@@ -154,10 +163,18 @@ def run_training(task_names: list[str], backbones: list[str], reduced: bool, run
 
 
 # ----------------------------------------------------------------- forward cost
+def forward_passes(model: torch.nn.Module, graphs: list[Any]) -> Any:
+    """A call running ``model`` on every graph of ``graphs`` (one timed pass)."""
+
+    def call() -> None:
+        for graph in graphs:
+            model(graph)
+
+    return call
+
+
 def run_cost(task_names: list[str], backbones: list[str], repeats: int, reduced: bool, log=print) -> dict[str, Any]:
     """Forward time of the complete vs paper words, same backbone weights, interleaved rounds."""
-    import tensorframe
-
     out: dict[str, Any] = {}
     for task_name in task_names:
         task = TASKS[task_name]
@@ -170,24 +187,12 @@ def run_cost(task_names: list[str], backbones: list[str], repeats: int, reduced:
             backbone_config = (REDUCED_BACKBONES if reduced else BACKBONES).get(backbone, BACKBONES.get(backbone))
             models = {}
             for basis in BASES:
-                torch.manual_seed(0)
-                models[basis] = tensorframe.build_model({
-                    "cutoff": task.cutoff, "triplet_cutoff": min(task.triplet_cutoff, task.cutoff),
-                    "backbone": backbone_config, "heads": with_basis(task, basis).heads}).eval()
+                models[basis] = seeded_model(task.cutoff, min(task.triplet_cutoff, task.cutoff), backbone_config,
+                                             with_basis(task, basis).heads).eval()
             models["paper"].backbone.load_state_dict(models["complete"].backbone.state_dict())
             graphs = [models["complete"].make_graph(test[i : i + 16]) for i in range(0, len(test), 16)]
-            times: dict[str, list[float]] = {basis: [] for basis in BASES}
-            with torch.inference_mode():
-                for model in models.values():
-                    for graph in graphs:
-                        model(graph)
-                for round_ in range(repeats):
-                    # Alternate which model goes first, so neither always runs on a warmer cache.
-                    for basis in (BASES if round_ % 2 == 0 else BASES[::-1]):
-                        start = time.perf_counter()
-                        for graph in graphs:
-                            models[basis](graph)
-                        times[basis].append(time.perf_counter() - start)
+            with torch.inference_mode():  # alternating order: neither model always runs on a warmer cache
+                times = interleaved_rounds({b: forward_passes(models[b], graphs) for b in BASES}, repeats, alternate=True)
             median = {basis: statistics.median(values) for basis, values in times.items()}
             # Median of the paired ratios of each round: robust to a slow round hitting both.
             paired = statistics.median(c / p for c, p in zip(times["complete"], times["paper"], strict=True))
@@ -200,10 +205,6 @@ def run_cost(task_names: list[str], backbones: list[str], repeats: int, reduced:
 
 
 # ----------------------------------------------------------------- report
-def _g(value: Any) -> str:
-    return "–" if value is None else f"{value:.3g}"
-
-
 def render(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = ["## Completeness: complete word sets vs the paper's",
@@ -280,12 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reduced", action="store_true", help="CI mode: tiny subsets, 1 epoch, a small backbone")
     parser.add_argument("--cost-only", action="store_true", help="only the forward-cost table (keeps stored training)")
     parser.add_argument("--repeats", type=int, default=25)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS_JSON)
     parser.add_argument("--runs", type=Path, default=RUNS_DIR / "completeness")
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    previous = __import__("json").loads(args.out.read_text()) if args.out.exists() and args.cost_only else {}
+    previous = json.loads(args.out.read_text()) if args.out.exists() and args.cost_only else {}
     result: dict[str, Any] = {"environment": environment(), "repeats": args.repeats}
     result["training"] = previous.get("training", {}) if args.cost_only else run_training(
         args.tasks, args.backbones, args.reduced, args.runs)

@@ -18,25 +18,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import (
-    CUDA_MEMORY_METHOD,
-    REPO_ROOT,
-    cpu_memory_method,
+from benchmarks.toolkit import (
+    add_report_arguments,
     environment,
-    loglog_slope,
+    fmt,
+    machine_line,
     markdown_table,
+    memory_method,
     peak_memory_mb,
-    replace_section,
+    publish,
+    quick_defaults,
+    seeded_model,
+    size_parser,
+    slopes,
     time_call,
-    write_json,
+    written_by,
 )
-from tensorframe import build_model, get_registry
+from tensorframe import get_registry
 from tensorframe.graph import build_graph, build_triplets, neighbor_list
 from tensorframe.model import TensorModel
 from tensorframe.types import Sample
@@ -89,10 +92,7 @@ def available_backbones() -> list[str]:
 
 
 def make_model(backbone: str, device: torch.device) -> TensorModel:
-    torch.manual_seed(0)
-    config = {"cutoff": CUTOFF, "triplet_cutoff": TRIPLET_CUTOFF, "backbone": {"name": backbone},
-              "heads": list(HEADS.values())}
-    return build_model(config).to(device).eval()
+    return seeded_model(CUTOFF, TRIPLET_CUTOFF, {"name": backbone}, list(HEADS.values())).to(device).eval()
 
 
 def stages(sample: Sample, device: torch.device, models: dict[str, TensorModel]) -> dict[str, Callable[[], Any]]:
@@ -149,16 +149,9 @@ def bench_size(size: int, device: torch.device, models: dict[str, TensorModel], 
 def scaling(rows: list[dict]) -> dict[str, dict[str, Any]]:
     """Per stage: cost per atom at each size and log-log slopes of time vs atoms (1 = linear)."""
     atoms = [r["atoms"] for r in rows]
-    out = {}
-    for name in rows[0]["stages"]:
-        times = [r["stages"][name]["median_ms"] for r in rows]
-        large = [(a, t) for a, t in zip(atoms, times, strict=True) if a >= LARGE_ATOMS]
-        out[name] = {
-            "per_atom_us": [r["stages"][name]["per_atom_us"] for r in rows],
-            "slope": loglog_slope(atoms, times),
-            "slope_large": loglog_slope([a for a, _ in large], [t for _, t in large]),
-        }
-    return out
+    return {name: {"per_atom_us": [r["stages"][name]["per_atom_us"] for r in rows],
+                   **slopes(atoms, [r["stages"][name]["median_ms"] for r in rows], LARGE_ATOMS)}
+            for name in rows[0]["stages"]}
 
 
 def run(sizes: Sequence[int], repeats: int, warmup: int, devices: Sequence[str]) -> dict[str, Any]:
@@ -175,7 +168,7 @@ def run(sizes: Sequence[int], repeats: int, warmup: int, devices: Sequence[str])
         label = f"cuda ({env['cuda']})" if device.type == "cuda" else f"cpu ({env['cpu']})"
         runs.append({
             "device": device_name, "label": label,
-            "memory_method": CUDA_MEMORY_METHOD if device.type == "cuda" else cpu_memory_method(),
+            "memory_method": memory_method(device),
             "sizes": rows, "scaling": scaling(rows),
         })
     return {
@@ -203,24 +196,15 @@ def _label(stage: str) -> str:
     return f"{kind} {name}"
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
-
-
 def render_markdown(result: dict[str, Any]) -> str:
     """The docs section: environment, then per device the times, per-atom cost with slopes, memory."""
     env, settings = result["environment"], result["settings"]
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     lines = [
         "## Core: graph and head cost",
         "",
-        f"Written by `python -m benchmarks.bench_core` on {env['date']} (commit {env['git_commit'] or 'unknown'}); "
-        "do not edit by hand. Raw numbers: `benchmarks/results/core.json`.",
+        written_by("python -m benchmarks.bench_core", env, "benchmarks/results/core.json"),
         "",
-        f"- Machine: {env['cpu']}, {env['cpu_count']} logical CPUs, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
-        f"torch threads {env['torch_num_threads']}; {env['platform']}, Python {env['python']}; {versions}.",
+        machine_line(env),
         f"- CUDA: {settings['cuda']}." if env["cuda"] is None else f"- CUDA: {env['cuda']} (timed with synchronize).",
         f"- Structure: {settings['structure']}, a = {settings['lattice_A']} Å "
         f"({settings['density_per_A3']:.3f} atoms/Å³), rattle {settings['rattle_A']} Å; cutoff {settings['cutoff_A']} Å, "
@@ -236,38 +220,30 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"### {run['label']}", "", "Median time (ms):", ""]
         header = ["atoms", "edges", "triplets", *(_label(n) for n in names),
                   *(f"build_graph / model {b}" for b in backbones)]
-        table = [[r["atoms"], r["edges"], r["triplets"], *(_fmt(r["stages"][n]["median_ms"]) for n in names),
-                  *(_fmt(r["graph_over_model"][b], 2) for b in backbones)] for r in rows]
+        table = [[r["atoms"], r["edges"], r["triplets"], *(fmt(r["stages"][n]["median_ms"]) for n in names),
+                  *(fmt(r["graph_over_model"][b], 2) for b in backbones)] for r in rows]
         lines += [markdown_table(header, table), ""]
         atoms = [r["atoms"] for r in rows]
         lines += [f"Cost per atom (µs) and fitted slope of log(time) against log(atoms) (1 = linear; "
                   f"'≥ {settings['large_atoms']}' fits only sizes from {settings['large_atoms']} atoms on):", ""]
         header = ["stage", *(f"{a} atoms" for a in atoms), "slope (all)", f"slope (≥ {settings['large_atoms']})"]
-        table = [[_label(n), *(_fmt(v) for v in run["scaling"][n]["per_atom_us"]),
-                  _fmt(run["scaling"][n]["slope"], 2), _fmt(run["scaling"][n]["slope_large"], 2)] for n in names]
+        table = [[_label(n), *(fmt(v) for v in run["scaling"][n]["per_atom_us"]),
+                  fmt(run["scaling"][n]["slope"], 2), fmt(run["scaling"][n]["slope_large"], 2)] for n in names]
         lines += [markdown_table(header, table), ""]
         lines += [f"Peak memory growth during one call (MiB; {run['memory_method']}):", ""]
         header = ["atoms", *(_label(n) for n in names)]
-        table = [[r["atoms"], *(_fmt(r["stages"][n]["peak_mb"]) for n in names)] for r in rows]
+        table = [[r["atoms"], *(fmt(r["stages"][n]["peak_mb"]) for n in names)] for r in rows]
         lines += [markdown_table(header, table)]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_core", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, 3 repeats (a smoke run)")
-    parser.add_argument("--sizes", type=int, nargs="+", help=f"atoms per structure (default {DEFAULT_SIZES})")
-    parser.add_argument("--repeats", type=int, help="timed calls per stage (default 5, quick 3)")
+    parser = size_parser("python -m benchmarks.bench_core", __doc__, f"sizes {QUICK_SIZES}, 3 repeats (a smoke run)",
+                         DEFAULT_SIZES, "timed calls per stage (default 5, quick 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="folder for core.json")
-    parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="markdown file to update")
-    parser.add_argument("--no-docs", action="store_true", help="do not touch the markdown file")
+    add_report_arguments(parser, "core.json")
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even when it is available")
-    args = parser.parse_args(argv)
-    if args.sizes is None:
-        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    if args.repeats is None:
-        args.repeats = 3 if args.quick else 5
+    args = quick_defaults(parser.parse_args(argv), sizes=(QUICK_SIZES, DEFAULT_SIZES), repeats=(3, 5))
     if any(s < 1 for s in args.sizes):
         parser.error(f"--sizes: expected positive numbers of atoms, got {args.sizes}")
     if args.repeats < 1 or args.warmup < 0:
@@ -279,11 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
     result = run(args.sizes, args.repeats, args.warmup, devices)
-    write_json(args.out / "core.json", result)
-    markdown = render_markdown(result)
-    if not args.no_docs:
-        replace_section(args.docs, "core", markdown)
-    print(markdown)
+    publish(result, args.out / "core.json", render_markdown(result), "core", None if args.no_docs else args.docs)
     return result
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import fcntl
 import json
 import shutil
@@ -41,18 +40,18 @@ import ase.io
 import numpy as np
 import torch
 
-from benchmarks.common import REPO_ROOT, environment, markdown_table, replace_section, write_json
 from benchmarks.peers.md_protocol import MDProtocol, run_md
 from benchmarks.suite import BACKBONES, RUNS_DIR, split_model_name, train_config, write_task_data
 from benchmarks.tasks import TASKS, Task, budget, load_task
+from benchmarks.toolkit import DOCS, RESULTS, environment, markdown_table, replace_section, utc_now, write_json
+from benchmarks.toolkit import display_path as _relative
+from benchmarks.toolkit import fmt_sig as _g
 from tensorframe.types import Sample
 
 TASK_NAME = "water-forces"
 DEFAULT_MODELS = ("schnet", "schnet-conservative", "reference", "reference-conservative", "mace", "painn")
 PEERS = {"mace": "MACE", "painn": "PaiNN (SchNetPack)"}
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "md.json"
-MD_RUNS = RUNS_DIR / "md"
-DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+RESULTS_JSON = RESULTS / "md.json"
 SECTION = "md"
 PEER_SECONDS_PER_STEP = 2.0  # generous bound for a peer's runner timeout (MACE takes about 0.2 s a step)
 
@@ -195,15 +194,6 @@ def run_peer_model(name: str, task: Task, samples: list[Sample], split: dict[str
 
 
 # ----------------------------------------------------------------- results
-def _relative(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def save_model_record(path: Path, name: str, record: dict[str, Any], series_dir: Path, protocol: MDProtocol,
                       env: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]:
     """Merge one model's record into the results json at ``path`` (under an exclusive lock on
@@ -216,7 +206,7 @@ def save_model_record(path: Path, name: str, record: dict[str, Any], series_dir:
         series_file = series_dir / f"{name}.json"
         series_file.write_text(json.dumps(series) + "\n")
         record["series_file"] = _relative(series_file)
-    record.update({"protocol": protocol.to_dict(), "length_ps": protocol.length_ps, "date": _now()})
+    record.update({"protocol": protocol.to_dict(), "length_ps": protocol.length_ps, "date": utc_now()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(path.suffix + ".lock.tmp"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -228,10 +218,6 @@ def save_model_record(path: Path, name: str, record: dict[str, Any], series_dir:
 
 
 # ----------------------------------------------------------------- report
-def _g(value: Any, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}g}"
-
-
 def _stability(record: dict[str, Any]) -> str:
     if record.get("stable"):
         return f"stable through {record['time_ps_run']:g} ps"
@@ -347,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"tensorframe backbone names (suite names, '-conservative' variants) and peers "
                              f"({', '.join(PEERS)}); default: {' '.join(DEFAULT_MODELS)}")
     parser.add_argument("--steps", type=int, default=MDProtocol.steps, help="MD steps (0.5 fs each; 4000 = 2 ps)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results json (merged model by model)")
+    parser.add_argument("--out", type=Path, default=RESULTS_JSON, help="results json (merged model by model)")
     parser.add_argument("--runs", type=Path, default=RUNS_DIR, help="the suite's runs folder (checkpoints)")
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                         help="rewrite the md section of docs/benchmarks.md")

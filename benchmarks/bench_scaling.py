@@ -22,9 +22,9 @@ each call) of the sum over fields of the mean square of the predictions; and gra
 (with triplets, and edges only as the peer uses). Series 2, against the triplet cutoff: both
 ETGNN configs on one supercell (about 640 atoms) with triplet cutoffs 2.5 ... 5.0 Å.
 
-Timing (:func:`measure`): one warm-up call, then the median of ``--repeats`` calls
-(:func:`benchmarks.common.time_call`; a single call when the warm-up took longer than
-``--slow-call-s``), then one call for peak memory (:func:`benchmarks.common.peak_memory_mb`).
+Timing (:func:`benchmarks.toolkit.measure_after_warmup`): one warm-up call, then the median of
+``--repeats`` calls (a single call when the warm-up took longer than ``--slow-call-s``), then one
+call for peak memory (:func:`benchmarks.toolkit.peak_memory_mb`).
 Budget (:class:`SeriesGuard`): a model's series (one per mode) stops at the larger points once
 one of its calls took longer than ``--max-call-s``, or when its last peak memory scaled linearly
 in edges + triplets would exceed ``--max-memory-gb``; such points are recorded as
@@ -35,10 +35,8 @@ in edges + triplets would exceed ``--max-memory-gb``; such points are recorded a
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,22 +46,35 @@ import torch
 from torch import nn
 
 from benchmarks.bench_backbones import LATTICE, RATTLE, perovskite_supercell, supercell_reps
-from benchmarks.common import (
-    CUDA_MEMORY_METHOD,
-    REPO_ROOT,
-    cpu_memory_method,
-    cpu_model,
-    environment,
-    loglog_slope,
-    markdown_table,
-    peak_memory_mb,
-    replace_section,
-    synchronize,
-    time_call,
-    write_json,
-)
 from benchmarks.suite import BACKBONES
-from tensorframe import build_model, get_registry
+from benchmarks.toolkit import (
+    DOCS,
+    PLUGIN_DISTRIBUTIONS,
+    RESULTS,
+    backward_call,
+    cell,
+    device_label,
+    display_path,
+    environment,
+    fmt,
+    forward_call,
+    free_memory,
+    machine_line,
+    markdown_table,
+    measure_after_warmup,
+    memory_method,
+    num_parameters,
+    prediction_loss,
+    publish,
+    quick_defaults,
+    ratio,
+    resolve_device,
+    seeded_model,
+    size_parser,
+    slopes,
+    written_by,
+)
+from tensorframe import get_registry
 from tensorframe.graph import build_graph
 from tensorframe.types import Graph, Sample
 
@@ -92,9 +103,8 @@ LARGE_ATOMS = 300  # slopes are also fitted over the sizes from here on, where f
 MAX_CALL_S = 20.0
 MAX_MEMORY_GB = 12.0
 SLOW_CALL_S = 2.0
-DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "scaling.json"
-DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
-DEFAULT_PLOTS = REPO_ROOT / "docs" / "benchmarks"
+DEFAULT_JSON = RESULTS / "scaling.json"
+DEFAULT_PLOTS = DOCS.parent / "benchmarks"
 ATOMS_PLOT = "scaling_atoms.png"
 TRIPLET_PLOT = "scaling_triplet_cutoff.png"
 MACE_NOTE = ("MACE is not measured here: it lives in its own virtual environment "
@@ -122,15 +132,12 @@ class Contender:
 
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        return num_parameters(self.module, trainable=True)
 
 
 def tensorframe_model(name: str, triplet_cutoff: float, device: torch.device) -> nn.Module:
     """The suite's backbone config ``name`` under :data:`HEADS`, seeded, float32 on ``device``."""
-    torch.manual_seed(0)
-    config = {"cutoff": CUTOFF, "triplet_cutoff": triplet_cutoff, "backbone": dict(BACKBONES[name]),
-              "heads": [dict(head) for head in HEADS]}
-    return build_model(config).to(device)
+    return seeded_model(CUTOFF, triplet_cutoff, BACKBONES[name], HEADS).to(device)
 
 
 def peer_available() -> tuple[bool, str]:
@@ -173,28 +180,6 @@ def build_contenders(names: Sequence[str], device: torch.device) -> list[Contend
     return out
 
 
-def prediction_loss(predictions: dict[str, torch.Tensor]) -> torch.Tensor:
-    return sum(value.square().mean() for value in predictions.values())
-
-
-def forward_call(module: nn.Module, graph: Graph) -> Callable[[], Any]:
-    def call() -> Any:
-        with torch.inference_mode():
-            return module(graph)
-
-    return call
-
-
-def train_step_call(module: nn.Module, graph: Graph) -> Callable[[], None]:
-    """Forward + backward of one training step; gradients are freed first, so that their allocation is measured."""
-
-    def call() -> None:
-        module.zero_grad(set_to_none=True)
-        prediction_loss(module(graph)).backward()
-
-    return call
-
-
 def edges_only_graph(sample: Sample, device: torch.device) -> Graph:
     """The peer's graph: tensorframe's neighbour list at :data:`CUTOFF`, no triplets."""
     from benchmarks.peers.e3nn_peer import make_graph_fn
@@ -214,21 +199,6 @@ class Settings:
     slow_call_s: float
     max_call_s: float
     max_memory_mb: float
-
-
-def measure(call: Callable[[], Any], settings: Settings) -> dict[str, Any]:
-    """One warm-up call, the median time of ``repeats`` calls (1 when the warm-up was slow), peak memory."""
-    device = settings.device
-    synchronize(device)
-    start = time.perf_counter()
-    call()
-    synchronize(device)
-    warmup_ms = 1e3 * (time.perf_counter() - start)
-    repeats = 1 if warmup_ms > 1e3 * settings.slow_call_s else settings.repeats
-    timing = time_call(call, device, repeats, warmup=0)
-    peak = peak_memory_mb(call, device)
-    return {"median_ms": timing.median_ms, "min_ms": timing.min_ms, "max_ms": timing.max_ms,
-            "repeats": timing.repeats, "warmup_ms": warmup_ms, "peak_mb": peak}
 
 
 @dataclass
@@ -267,20 +237,14 @@ class SeriesGuard:
         self.stop_reason = reason
 
 
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def run_point(call: Callable[[], Any], guard: SeriesGuard, work: float, where: str,
               settings: Settings) -> dict[str, Any]:
-    """``measure(call)`` unless the guard skips it; out-of-memory and other failures are recorded, not raised."""
+    """``measure_after_warmup(call)`` unless the guard skips it; out-of-memory and other failures are recorded, not raised."""
     reason = guard.check(work)
     if reason is not None:
         return {"skipped": reason}
     try:
-        result = measure(call, settings)
+        result = measure_after_warmup(call, settings.device, settings.repeats, settings.slow_call_s)
     except torch.cuda.OutOfMemoryError:
         free_memory(settings.device)
         guard.stop(f"out of CUDA memory at {where}")
@@ -299,7 +263,8 @@ def measure_model(module: nn.Module, graph: Graph, guards: dict[str, SeriesGuard
     out = {}
     for mode in MODES:
         module.train(mode == "forward_backward")
-        call = forward_call(module, graph) if mode == "forward" else train_step_call(module, graph)
+        call = (forward_call(module, graph, torch.inference_mode) if mode == "forward"
+                else backward_call(module, module, prediction_loss, graph))
         out[mode] = run_point(call, guards[mode], work, where, settings)
         module.zero_grad(set_to_none=True)
         free_memory(settings.device)
@@ -388,22 +353,13 @@ def triplet_series(size: int, cutoffs: Sequence[float], names: Sequence[str], se
 # --------------------------------------------------------------------------- summaries
 
 
-def _value(result: dict[str, Any], key: str = "median_ms") -> float | None:
-    return result.get(key)
-
-
 def scaling_summary(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per model and mode (and graph building): cost per atom at each size and log-log slopes of time
     against atoms over the measured sizes (all, and from :data:`LARGE_ATOMS` atoms on)."""
 
     def fit(results: list[dict[str, Any]]) -> dict[str, Any]:
-        atoms = [r["atoms"] for r in rows]
-        times = [_value(x) for x in results]
-        measured = [(a, t) for a, t in zip(atoms, times, strict=True) if t is not None]
-        large = [(a, t) for a, t in measured if a >= LARGE_ATOMS]
-        return {"per_atom_us": [_value(x, "per_atom_us") for x in results],
-                "slope": loglog_slope([a for a, _ in measured], [t for _, t in measured]),
-                "slope_large": loglog_slope([a for a, _ in large], [t for _, t in large])}
+        return {"per_atom_us": [x.get("per_atom_us") for x in results],
+                **slopes([r["atoms"] for r in rows], [x.get("median_ms") for x in results], LARGE_ATOMS)}
 
     out: dict[str, dict[str, Any]] = {
         name: {mode: fit([r["models"][name][mode] for r in rows]) for mode in MODES} for name in names
@@ -418,70 +374,36 @@ def ratios_to_base(rows: Sequence[dict[str, Any]], names: Sequence[str], base: s
     (None where either was not measured); empty when ``base`` is not among the models."""
     if base not in names:
         return {}
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
     out: dict[str, Any] = {"base": base, "time": {}, "peak_memory": {}}
     for name in names:
         for key, table in (("median_ms", out["time"]), ("peak_mb", out["peak_memory"])):
-            table[name] = {mode: [ratio(_value(r["models"][name][mode], key), _value(r["models"][base][mode], key))
+            table[name] = {mode: [ratio(r["models"][name][mode].get(key), r["models"][base][mode].get(key))
                                   for r in rows] for mode in MODES}
     return out
 
 
 def skipped_points(result: dict[str, Any]) -> list[str]:
     """Every skipped or failed point, in words."""
-    out = []
-    for row in result["atoms_series"]:
-        for name, modes in row["models"].items():
-            for mode, value in modes.items():
-                for key in ("skipped", "error"):
-                    if key in value:
-                        out.append(f"{name} {MODE_LABELS[mode]} at {row['atoms']} atoms: {key}: {value[key]}")
-        for kind, value in row["graph_build"].items():
-            if "skipped" in value or "error" in value:
-                out.append(f"{GRAPH_KINDS[kind]} at {row['atoms']} atoms: {value.get('skipped') or value.get('error')}")
     series = result.get("triplet_cutoff_series")
-    for point in series["points"] if series else []:
-        for name, modes in point["models"].items():
-            for mode, value in modes.items():
-                for key in ("skipped", "error"):
-                    if key in value:
-                        out.append(f"{name} {MODE_LABELS[mode]} at triplet cutoff {point['triplet_cutoff_A']:g} Å: "
-                                   f"{key}: {value[key]}")
+    places = [(row, f"{row['atoms']} atoms") for row in result["atoms_series"]]
+    places += [(point, f"triplet cutoff {point['triplet_cutoff_A']:g} Å") for point in (series["points"] if series else [])]
+    out = []
+    for index, (row, where) in enumerate(places):
+        out += [f"{name} {MODE_LABELS[mode]} at {where}: {key}: {value[key]}" for name, modes in row["models"].items()
+                for mode, value in modes.items() for key in ("skipped", "error") if key in value]
+        if index < len(result["atoms_series"]):
+            out += [f"{GRAPH_KINDS[kind]} at {where}: {value.get('skipped') or value.get('error')}"
+                    for kind, value in row["graph_build"].items() if "skipped" in value or "error" in value]
     return out
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``cuda`` when available and nothing is asked, else ``cpu``; an unavailable CUDA raises."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r}: expected cpu or cuda")
-    return device
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    threads = torch.get_num_threads()
-    return f"cpu ({cpu_model()}, {threads} thread{'s' if threads != 1 else ''})"
-
-
 def run(sizes: Sequence[int], names: Sequence[str], triplet_size: int | None, triplet_cutoffs: Sequence[float],
         settings: Settings) -> dict[str, Any]:
     """Both series and their summaries: the JSON record."""
-    env = environment()
-    env["versions"]["tensorframe-etgnn"] = _distribution_version("tensorframe-etgnn")
-    env["versions"]["tensorframe-schnet"] = _distribution_version("tensorframe-schnet")
-    env["versions"]["tensorframe-cgcnn"] = _distribution_version("tensorframe-cgcnn")
+    env = environment(PLUGIN_DISTRIBUTIONS)
     peer_ok, peer_reason = peer_available() if PEER in names else (False, "")
     measured_names = [n for n in names if n != PEER or peer_ok]
     contenders = build_contenders(measured_names, settings.device)
@@ -506,9 +428,9 @@ def run(sizes: Sequence[int], names: Sequence[str], triplet_size: int | None, tr
             "graph_build": "tensorframe build_graph([sample]) with triplets from edges within the triplet cutoff, "
                            "and the e3nn peer's edges-only graph; neighbour list on the CPU, tensors on the device",
             "order": "all models in one process; for each size every model in turn (interleaved)",
-            "timing": f"one warm-up call, then the median of {settings.repeats} call(s) (benchmarks.common.time_call; "
+            "timing": f"one warm-up call, then the median of {settings.repeats} call(s) (benchmarks.toolkit.time_call; "
                       f"1 call when the warm-up took more than {settings.slow_call_s:g} s)",
-            "memory_method": CUDA_MEMORY_METHOD if device.type == "cuda" else cpu_memory_method(),
+            "memory_method": memory_method(device),
             "memory_call": "one extra call after the timed ones",
             "budget": f"a model's series in one mode stops at larger points once a call took more than "
                       f"{settings.max_call_s:g} s or failed, and skips a point whose peak memory, predicted from the "
@@ -531,30 +453,7 @@ def run(sizes: Sequence[int], names: Sequence[str], triplet_size: int | None, tr
     return result
 
 
-def _distribution_version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 # --------------------------------------------------------------------------- report
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
-
-
-def _cell(result: dict[str, Any], key: str = "median_ms") -> str:
-    if key in result:
-        return _fmt(result[key])
-    if "skipped" in result:
-        return "skipped"
-    return "failed" if "error" in result else "–"
 
 
 def _peer_words(status: str) -> str:
@@ -567,20 +466,16 @@ def _peer_words(status: str) -> str:
 def render_markdown(result: dict[str, Any], json_path: str, plots: dict[str, str]) -> str:
     """The docs section; ``plots`` maps each plot's file name to its path relative to the docs file."""
     env, settings, rows = result["environment"], result["settings"], result["atoms_series"]
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     names = list(result["models"])
     atoms = [r["atoms"] for r in rows]
     heads = ", ".join(h["name"] + "".join(f" ({k})" for k in h if k != "name") for h in settings["heads"])
     lines = [
         "## Scaling: time and memory against atoms and triplet cutoff",
         "",
-        f"Written by `python -m benchmarks.bench_scaling` on {env['date']} (commit {env['git_commit'] or 'unknown'}); "
-        f"do not edit by hand. Raw numbers: `{json_path}`.",
+        written_by("python -m benchmarks.bench_scaling", env, json_path),
         "",
         f"- Device: **{result['device_label']}** (every number below).",
-        f"- Machine: {env['cpu']}, {env['cpu_count']} logical CPUs, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
-        f"torch threads {env['torch_num_threads']}; CUDA {env['cuda'] or 'not available'}; {env['platform']}, "
-        f"Python {env['python']}; {versions}.",
+        machine_line(env, cuda=True),
         f"- Structure: {settings['structure']}, a = {settings['lattice_A']} Å ({settings['density_per_A3']:.3f} "
         f"atoms/Å³), rattle {settings['rattle_A']} Å; cutoff {settings['cutoff_A']} Å, triplet cutoff "
         f"{settings['triplet_cutoff_A']} Å; {settings['dtype']}.",
@@ -597,35 +492,35 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: dict[str, str
         markdown_table(
             ["atoms", "supercell", "edges", "triplets", "edges / atom", "triplets / atom",
              *(f"{GRAPH_KINDS[k]} (ms)" for k in GRAPH_KINDS)],
-            [[r["atoms"], "×".join(map(str, r["supercell"])), r["edges"], r["triplets"], _fmt(r["edges_per_atom"]),
-              _fmt(r["triplets_per_atom"]), *(_cell(r["graph_build"].get(k, {})) for k in GRAPH_KINDS)]
+            [[r["atoms"], "×".join(map(str, r["supercell"])), r["edges"], r["triplets"], fmt(r["edges_per_atom"]),
+              fmt(r["triplets_per_atom"]), *(cell(r["graph_build"].get(k, {})) for k in GRAPH_KINDS)]
              for r in rows]),
     ]
     scaling = result["scaling"]
     large = settings["large_atoms"]
     for mode in MODES:
         header = ["", *(f"{a} atoms" for a in atoms), "slope", f"slope (≥ {large})"]
-        table = [[n, *(_cell(r["models"][n][mode]) for r in rows), _fmt(scaling[n][mode]["slope"], 2),
-                  _fmt(scaling[n][mode]["slope_large"], 2)] for n in names]
+        table = [[n, *(cell(r["models"][n][mode]) for r in rows), fmt(scaling[n][mode]["slope"], 2),
+                  fmt(scaling[n][mode]["slope_large"], 2)] for n in names]
         if mode == "forward":
-            table += [[GRAPH_KINDS[k], *(_cell(r["graph_build"][k]) for r in rows), _fmt(fit["slope"], 2),
-                       _fmt(fit["slope_large"], 2)] for k, fit in scaling["graph_build"].items()]
+            table += [[GRAPH_KINDS[k], *(cell(r["graph_build"][k]) for r in rows), fmt(fit["slope"], 2),
+                       fmt(fit["slope_large"], 2)] for k, fit in scaling["graph_build"].items()]
         lines += ["", f"{MODE_LABELS[mode].capitalize()} time (ms; slope = fitted slope of log time against "
                   f"log atoms, 1 = linear; '≥ {large}' fits the sizes from {large} atoms on):", "",
                   markdown_table(header, table)]
     for mode in MODES:
         lines += ["", f"{MODE_LABELS[mode].capitalize()} time per atom (µs):", "",
                   markdown_table(["", *(f"{a} atoms" for a in atoms)],
-                                 [[n, *(_cell(r["models"][n][mode], "per_atom_us") for r in rows)] for n in names])]
+                                 [[n, *(cell(r["models"][n][mode], "per_atom_us") for r in rows)] for n in names])]
     for mode in MODES:
         lines += ["", f"{MODE_LABELS[mode].capitalize()} peak memory (MiB):", "",
                   markdown_table(["", *(f"{a} atoms" for a in atoms)],
-                                 [[n, *(_cell(r["models"][n][mode], "peak_mb") for r in rows)] for n in names])]
+                                 [[n, *(cell(r["models"][n][mode], "peak_mb") for r in rows)] for n in names])]
     ratios = result["ratios"]
     if ratios:
         base = ratios["base"]
         for key, what in (("time", "time"), ("peak_memory", "peak memory")):
-            table = [[f"{n} / {base}, {MODE_LABELS[m]}", *(_fmt(v, 2) for v in ratios[key][n][m])]
+            table = [[f"{n} / {base}, {MODE_LABELS[m]}", *(fmt(v, 2) for v in ratios[key][n][m])]
                      for n in names if n != base for m in MODES]
             lines += ["", f"Ratio of {what}, model / {base}:", "",
                       markdown_table(["", *(f"{a} atoms" for a in atoms)], table)]
@@ -638,9 +533,9 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: dict[str, str
                   f"{series['points'][0]['edges']} edges:", ""]
         header = ["model", "triplet cutoff (Å)", "triplets", "triplets / atom", "forward (ms)",
                   "forward + backward (ms)", "forward peak (MiB)", "forward + backward peak (MiB)"]
-        table = [[name, f"{p['triplet_cutoff_A']:g}", p["triplets"], _fmt(p["triplets_per_atom"]),
-                  _cell(p["models"][name]["forward"]), _cell(p["models"][name]["forward_backward"]),
-                  _cell(p["models"][name]["forward"], "peak_mb"), _cell(p["models"][name]["forward_backward"], "peak_mb")]
+        table = [[name, f"{p['triplet_cutoff_A']:g}", p["triplets"], fmt(p["triplets_per_atom"]),
+                  cell(p["models"][name]["forward"]), cell(p["models"][name]["forward_backward"]),
+                  cell(p["models"][name]["forward"], "peak_mb"), cell(p["models"][name]["forward_backward"], "peak_mb")]
                  for name in series["models"] for p in series["points"]]
         lines.append(markdown_table(header, table))
         if TRIPLET_PLOT in plots:
@@ -741,13 +636,11 @@ def plot_triplet_cutoff(result: dict[str, Any], path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scaling", description=__doc__.split("\n")[0])
+    parser = size_parser("python -m benchmarks.bench_scaling", __doc__,
+                         f"sizes {QUICK_SIZES}, 1 repeat, triplet series at {QUICK_TRIPLET_SIZE} atoms with cutoffs "
+                         f"{QUICK_TRIPLET_CUTOFFS} (a smoke run)",
+                         DEFAULT_SIZES, "timed calls per point after the warm-up (default 5, quick 1)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available, else cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"sizes {QUICK_SIZES}, 1 repeat, triplet series at {QUICK_TRIPLET_SIZE} atoms with "
-                             f"cutoffs {QUICK_TRIPLET_CUTOFFS} (a smoke run)")
-    parser.add_argument("--sizes", type=int, nargs="+", help=f"atoms per structure (default {DEFAULT_SIZES})")
-    parser.add_argument("--repeats", type=int, help="timed calls per point after the warm-up (default 5, quick 1)")
     parser.add_argument("--models", nargs="+", choices=model_names(), help="models to measure (default: all)")
     parser.add_argument("--triplet-size", type=int, help=f"atoms of the triplet-cutoff series (default {TRIPLET_SIZE})")
     parser.add_argument("--triplet-cutoffs", type=float, nargs="*",
@@ -760,21 +653,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow-call-s", type=float, default=SLOW_CALL_S,
                         help=f"time a single call when the warm-up took longer (default {SLOW_CALL_S:g} s)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="result file (default benchmarks/results/scaling.json)")
-    parser.add_argument("--docs-path", type=Path, default=DEFAULT_DOCS, help="markdown file whose scaling section is rewritten")
+    parser.add_argument("--docs-path", type=Path, default=DOCS, help="markdown file whose scaling section is rewritten")
     parser.add_argument("--no-docs", action="store_true", help="do not touch the markdown file")
     parser.add_argument("--plots", type=Path, default=DEFAULT_PLOTS, help="folder for the two PNG plots")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
-    args = parser.parse_args(argv)
-    if args.sizes is None:
-        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 5
-    if args.models is None:
-        args.models = model_names()
-    if args.triplet_size is None:
-        args.triplet_size = QUICK_TRIPLET_SIZE if args.quick else TRIPLET_SIZE
-    if args.triplet_cutoffs is None:
-        args.triplet_cutoffs = list(QUICK_TRIPLET_CUTOFFS if args.quick else TRIPLET_CUTOFFS)
+    args = quick_defaults(parser.parse_args(argv), sizes=(QUICK_SIZES, DEFAULT_SIZES), repeats=(1, 5),
+                          models=(model_names(), model_names()), triplet_size=(QUICK_TRIPLET_SIZE, TRIPLET_SIZE),
+                          triplet_cutoffs=(QUICK_TRIPLET_CUTOFFS, TRIPLET_CUTOFFS))
     if any(s < 1 for s in [*args.sizes, args.triplet_size]):
         parser.error(f"--sizes / --triplet-size: expected positive numbers of atoms, got {args.sizes}, {args.triplet_size}")
     if any(not 0 < c <= CUTOFF for c in args.triplet_cutoffs):
@@ -782,11 +667,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
     return args
-
-
-def _display_path(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -798,18 +678,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"CPU timings are meant to run with OMP_NUM_THREADS={args.threads}")
     settings = Settings(device, args.repeats, args.slow_call_s, args.max_call_s, 1024 * args.max_memory_gb)
     result = run(args.sizes, args.models, args.triplet_size, args.triplet_cutoffs, settings)
-    write_json(args.json, result)
     plots: dict[str, str] = {}
-    if not args.no_plots:
-        plot_atoms(result, args.plots / ATOMS_PLOT)
-        plots[ATOMS_PLOT] = os.path.relpath((args.plots / ATOMS_PLOT).resolve(), args.docs_path.resolve().parent)
-        if result["triplet_cutoff_series"]:
-            plot_triplet_cutoff(result, args.plots / TRIPLET_PLOT)
-            plots[TRIPLET_PLOT] = os.path.relpath((args.plots / TRIPLET_PLOT).resolve(), args.docs_path.resolve().parent)
-    markdown = render_markdown(result, _display_path(args.json), plots)
-    if not args.no_docs:
-        replace_section(args.docs_path, "scaling", markdown)
-    print(markdown)
+    for name, plot in ((ATOMS_PLOT, plot_atoms), (TRIPLET_PLOT, plot_triplet_cutoff)):
+        if not args.no_plots and (name == ATOMS_PLOT or result["triplet_cutoff_series"]):
+            plot(result, args.plots / name)
+            plots[name] = os.path.relpath((args.plots / name).resolve(), args.docs_path.resolve().parent)
+    markdown = render_markdown(result, display_path(args.json), plots)
+    publish(result, args.json, markdown, "scaling", None if args.no_docs else args.docs_path)
     return result
 
 

@@ -19,18 +19,18 @@ batch size); their numbers say so.
 from __future__ import annotations
 
 import importlib
+import json
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import REPO_ROOT, environment, write_json
 from benchmarks.peers import load_peer
 from benchmarks.suite import split_model_name
 from benchmarks.tasks import TASKS, Task, load_task
+from benchmarks.toolkit import RESULTS, environment, interleaved_rounds, num_parameters, seeded_model, write_json
 from tensorframe.types import Sample
 
 BATCH = 16
@@ -44,13 +44,10 @@ def tensorframe_predictor(task: Task, config: dict[str, Any], conservative: bool
     """A suite backbone with the task's heads and cutoffs (``conservative``: the force head
     replaced by an energy head, forces = -dE/dr by one backward pass), and its parameter count."""
     from benchmarks.suite import conservative_heads
-    from tensorframe.model import build_model
 
-    torch.manual_seed(0)
-    model = build_model({"cutoff": task.cutoff, "triplet_cutoff": min(task.triplet_cutoff, task.cutoff),
-                         "conservative": conservative, "backbone": config,
-                         "heads": conservative_heads(task.heads) if conservative else task.heads}).eval()
-    return (lambda samples: model.predict(samples, batch_size=BATCH)), sum(p.numel() for p in model.parameters())
+    model = seeded_model(task.cutoff, min(task.triplet_cutoff, task.cutoff), config,
+                         conservative_heads(task.heads) if conservative else task.heads, conservative=conservative).eval()
+    return (lambda samples: model.predict(samples, batch_size=BATCH)), num_parameters(model)
 
 
 def e3nn_predictor(task: Task, samples: Sequence[Sample], split: dict[str, list[int]]
@@ -70,22 +67,7 @@ def e3nn_predictor(task: Task, samples: Sequence[Sample], split: dict[str, list[
     make_graph = make_graph_fn(task.cutoff, torch.float32, torch.device("cpu"), getattr(task, "max_neighbors", None),
                                getattr(task, "neighbor_shell_tolerance", DEFAULT_SHELL_TOLERANCE))
     predictor = GraphPredictor(model, fields, make_graph)
-    return (lambda batch: predictor.predict(batch, BATCH)), sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def interleaved_times(predictors: dict[str, Callable[[list[Sample]], Any]], samples: list[Sample],
-                      repeats: int) -> dict[str, list[float]]:
-    """Seconds per pass over ``samples``: a warm-up pass each, then ``repeats`` rounds of one pass per model."""
-    times: dict[str, list[float]] = {name: [] for name in predictors}
-    with torch.no_grad():
-        for predict in predictors.values():
-            predict(samples)
-        for _ in range(repeats):
-            for name, predict in predictors.items():
-                start = time.perf_counter()
-                predict(samples)
-                times[name].append(time.perf_counter() - start)
-    return times
+    return (lambda batch: predictor.predict(batch, BATCH)), num_parameters(model, trainable=True)
 
 
 def time_task(task: Task, backbones: dict[str, dict[str, Any]], peers: Sequence[str], repeats: int,
@@ -108,7 +90,8 @@ def time_task(task: Task, backbones: dict[str, dict[str, Any]], peers: Sequence[
     if "e3nn" in peers:
         predictors["e3nn"], params["e3nn"] = e3nn_predictor(task, samples, split)
     graph_stats = test_graph_sizes(task, test)
-    times = interleaved_times(predictors, test, repeats)
+    with torch.no_grad():  # a warm-up pass each, then `repeats` rounds of one pass per model
+        times = interleaved_rounds({name: lambda p=predict: p(test) for name, predict in predictors.items()}, repeats)
     models: dict[str, Any] = {}
     for name, seconds in times.items():
         t = statistics.median(seconds)
@@ -147,7 +130,7 @@ def subprocess_peer_speed(name: str, task: Task, samples: Sequence[Sample], spli
     time_peer = getattr(module, "time_peer", None)
     if time_peer is None:
         return {"kind": "peer", "supported": False, "reason": f"the {name} adapter has no time-only mode"}
-    out = REPO_ROOT / "benchmarks" / "results" / "runs" / "speed" / task.name / name
+    out = RESULTS / "runs" / "speed" / task.name / name
     out.mkdir(parents=True, exist_ok=True)
     record = dict(time_peer(task, samples, split, out))
     if not record.get("supported", False):
@@ -169,8 +152,6 @@ def run_speed(task_names: Sequence[str], backbones: dict[str, dict[str, Any]], p
     result: dict[str, Any] = {"environment": env, "protocol": PROTOCOL, "repeats": repeats,
                               "reduced": reduced, "backbone_configs": backbones, "tasks": {}}
     if merge and json_path.exists():
-        import json
-
         old = json.loads(json_path.read_text())
         result = {**old, "backbone_configs": {**old.get("backbone_configs", {}), **backbones}}
     for name in task_names:

@@ -11,7 +11,7 @@ test split:
 - inference throughput: ``model.predict`` over the test set (graph building included,
   ``torch.no_grad``, batch 16), median of 3 passes after one warm-up pass;
 - peak memory: growth of the peak RSS during training and during one inference pass
-  (:func:`benchmarks.common.peak_memory_mb`, method recorded);
+  (:func:`benchmarks.toolkit.peak_memory_mb`, method recorded);
 - parameter count, device, versions.
 
 Peers (``benchmarks/peers/<name>_peer.py``) get the same samples, split and budget.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 import traceback
 from pathlib import Path
@@ -30,12 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import REPO_ROOT, cpu_memory_method, environment, peak_memory_mb, write_json
 from benchmarks.peers import load_peer
 from benchmarks.tasks import TASKS, Task, budget, load_task
+from benchmarks.toolkit import (
+    REPO_ROOT,
+    RESULTS,
+    cpu_memory_method,
+    environment,
+    median_seconds,
+    num_parameters,
+    peak_memory_mb,
+    throughput,
+    write_json,
+)
 from tensorframe.types import Sample
 
-RUNS_DIR = REPO_ROOT / "benchmarks" / "results" / "runs"
+RUNS_DIR = RESULTS / "runs"
 
 # Benchmark sizes per backbone (ETGNN narrowed from its defaults: hidden 128 -> 64, 4 -> 2 blocks;
 # "etgnn-lean" narrows only the triplet-sized work further: triplet messages 32 wide, per-triplet
@@ -94,15 +103,8 @@ def relative_error(fields: dict[str, dict[str, Any]]) -> float:
 
 def inference_throughput(model: Any, samples: list[Sample]) -> dict[str, float]:
     """Structures/s and atoms/s of ``model.predict`` over ``samples`` (median of 3 after warm-up)."""
-    model.predict(samples, batch_size=INFERENCE_BATCH)
-    times = []
-    for _ in range(INFERENCE_REPEATS):
-        start = time.perf_counter()
-        model.predict(samples, batch_size=INFERENCE_BATCH)
-        times.append(time.perf_counter() - start)
-    t = statistics.median(times)
-    atoms = sum(s.num_atoms for s in samples)
-    return {"inference_time_s": t, "inference_structures_per_s": len(samples) / t, "inference_atoms_per_s": atoms / t}
+    t = median_seconds(lambda: model.predict(samples, batch_size=INFERENCE_BATCH), INFERENCE_REPEATS)
+    return {"inference_time_s": t, **throughput(t, samples, "inference_")}
 
 
 # ----------------------------------------------------------------- data for the trainer
@@ -214,7 +216,7 @@ def run_backbone(task: Task, name: str, backbone: dict[str, Any], samples: list[
         **speed,
         "train_peak_memory_mib": train_peak,
         "inference_peak_memory_mib": infer_peak,
-        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "num_parameters": num_parameters(model),
         "device": "cpu",
     }
 

@@ -6,17 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, markdown_table, replace_section
-
-DOCS = REPO_ROOT / "docs" / "benchmarks.md"
-
-
-def _g(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
+from benchmarks.toolkit import DOCS, REPO_ROOT, markdown_table, replace_section
+from benchmarks.toolkit import fmt_g as _g
 
 
 def merge_task(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class Task:
         description / caveats: text for docs/benchmarks.md (from the dataset's PROVENANCE.md).
         dataset: folder under the datasets root, or ``"embedded"``.
         reader: ``{"format": reader name, "paths": [paths inside the folder], "options": {...}}``
-            (``tensorframe.io.read_structures`` options), plus optional ``"transform"``: the name
+            (``tensorframe.read_structures`` options), plus optional ``"transform"``: the name
             of a function in this module applied to the samples (e.g. the ABO3 piezo sign fix).
         targets: {field: loss weight}.
         heads: tensorframe head configs (``{"name": ..., **options}``), one per target.

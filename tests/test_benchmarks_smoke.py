@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_core
-from benchmarks.common import loglog_slope, replace_section
+from benchmarks.toolkit import loglog_slope, replace_section
 from tensorframe.graph import build_graph
 
 STAGES = {"neighbor_list", "build_triplets", "build_graph", "backbone:reference", "lifting:reference",

@@ -14,7 +14,6 @@ peer predicts an unconstrained symmetric tensor; the loss scale is still tensorf
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -24,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import cpu_memory_method, peak_memory_mb
 from benchmarks.peers.e3nn_model import E3nnConfig, E3nnTensorModel
-from benchmarks.peers.train_loop import (
-    GraphPredictor,
-    TrainSettings,
-    inference_throughput,
-    label_normalization,
-    label_shim,
-    train_peer,
+from benchmarks.peers.train_loop import GraphPredictor, TrainSettings, label_normalization, label_shim, train_peer
+from benchmarks.toolkit import (
+    distribution_version,
+    median_seconds,
+    memory_method,
+    num_parameters,
+    peak_memory_mb,
+    throughput,
 )
 from tensorframe.evaluate import collect_pairs
 from tensorframe.fields import FieldSpec
@@ -46,16 +45,6 @@ from tensorframe.types import Graph, Sample
 NAME = "e3nn"
 EDGE_ONLY_TRIPLET_CUTOFF = 1e-6  # Å: no edge is this short, so build_graph makes no triplets
 HEAD_FIELDS = {"force": "forces", "born": "born_charges", "dielectric": "dielectric", "piezo": "piezo"}
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in ("e3nn", "torch", "tensorframe", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _head_options(heads: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -160,7 +149,7 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
     predictor = GraphPredictor(model, fields, make_graph)
     test = [samples[i] for i in split["test"]]
     metrics = field_metrics(predictor, test, getattr(task, "metric_elements", {}) or {})
-    speed = inference_throughput(predictor, test, batch_size=16, repeats=3, warmup=1)
+    speed = throughput(median_seconds(lambda: predictor.predict(test, 16), repeats=3, warmup=1, device=device), test)
     inference_peak = peak_memory_mb(lambda: predictor.predict(test, 16), device)
     report = {
         "supported": True,
@@ -183,13 +172,13 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
         "inference_note": "predict() on the test split, batch 16, no_grad, graph building included, median of 3 after 1 warm-up",
         "peak_memory_mib": train_peak,
         "inference_peak_memory_mib": inference_peak,
-        "memory_method": cpu_memory_method() if device.type == "cpu" else "torch.cuda.max_memory_allocated",
-        "num_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "memory_method": memory_method(device),
+        "num_parameters": num_parameters(model, trainable=True),
         "device": str(device),
         "torch_num_threads": torch.get_num_threads(),
         "settings": {**settings.__dict__, "cutoff": task.cutoff, "acoustic_sum_rule": asr,
                      "positive_definite_mirrored": False},
-        "versions": _versions(),
+        "versions": {name: distribution_version(name) for name in ("e3nn", "torch", "tensorframe", "numpy")},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out_dir = Path(out_dir)
@@ -200,60 +189,3 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
 
 __all__ = ["build_peer", "field_metrics", "make_graph_fn", "mean_neighbors", "run_peer"]
 
-
-def compare_inference(num_structures: int = 50, batch_size: int = 16, repeats: int = 3) -> dict[str, Any]:
-    """Inference speed of the e3nn peer and of tensorframe's ETGNN (hidden 64, the
-    ``configs/default_molecules.yaml`` sizes) on the first ``num_structures`` molecules of the
-    embedded set, with the heads of the ``default-molecules`` task; float32, ``no_grad``, untrained
-    weights (speed does not depend on them). ``predict`` includes graph building; ``forward`` runs on
-    graphs built beforehand (each model's own: the peer's has no triplets)."""
-    from benchmarks.common import environment, time_call
-    from benchmarks.tasks import TASKS
-    from tensorframe.datasets import load_default_dataset
-    from tensorframe.model import build_model
-
-    task = TASKS["default-molecules"]
-    samples = list(load_default_dataset())[:num_structures]
-    device = torch.device("cpu")
-    torch.manual_seed(0)
-    etgnn = build_model({
-        "cutoff": task.cutoff, "triplet_cutoff": task.triplet_cutoff,
-        "backbone": {"name": "etgnn", "hidden": 64, "triplet_dim": 64, "num_blocks": 3, "int_emb_size": 32,
-                     "out_emb_size": 64},
-        "heads": [dict(head, hidden=64) for head in task.heads],
-    }).eval()
-    fields = {name: get_registry().items["field"][name] for name in task.targets}
-    peer = build_peer(fields, samples, range(len(samples)), task.cutoff).eval()
-    peer_graph = make_graph_fn(task.cutoff, torch.float32, device)
-    predictors = {"etgnn": etgnn, "e3nn": GraphPredictor(peer, fields, peer_graph)}
-    graphs = {
-        "etgnn": [etgnn.make_graph(samples[s : s + batch_size]) for s in range(0, len(samples), batch_size)],
-        "e3nn": [peer_graph(samples[s : s + batch_size]) for s in range(0, len(samples), batch_size)],
-    }
-    modules = {"etgnn": etgnn, "e3nn": peer}
-    atoms = sum(s.num_atoms for s in samples)
-    rows: dict[str, Any] = {}
-    for name in ("etgnn", "e3nn"):
-        with torch.no_grad():
-            full = time_call(lambda n=name: predictors[n].predict(samples, batch_size), device, repeats, warmup=1)
-            forward = time_call(lambda n=name: [modules[n](g) for g in graphs[n]], device, repeats, warmup=1)
-        rows[name] = {
-            "predict_s": full.median_ms / 1e3, "forward_s": forward.median_ms / 1e3,
-            "predict_structures_per_s": len(samples) / (full.median_ms / 1e3),
-            "forward_structures_per_s": len(samples) / (forward.median_ms / 1e3),
-            "predict_atoms_per_s": atoms / (full.median_ms / 1e3),
-            "num_parameters": sum(p.numel() for p in modules[name].parameters() if p.requires_grad),
-            "edges": sum(g.num_edges for g in graphs[name]), "triplets": sum(g.num_triplets for g in graphs[name]),
-        }
-    return {
-        "num_structures": len(samples), "atoms": atoms, "batch_size": batch_size, "repeats": repeats,
-        "fields": list(fields), "models": rows,
-        "etgnn_speedup_predict": rows["e3nn"]["predict_s"] / rows["etgnn"]["predict_s"],
-        "etgnn_speedup_forward": rows["e3nn"]["forward_s"] / rows["etgnn"]["forward_s"],
-        "e3nn_model": f"hidden {peer.irreps_hidden}, sh {peer.irreps_sh}, {peer.config.num_layers} layers",
-        "environment": environment(),
-    }
-
-
-if __name__ == "__main__":
-    print(json.dumps(compare_inference(), indent=1))

@@ -36,7 +36,6 @@ from typing import Any
 from benchmarks.peers.peer_venv import ATOM_FIELDS as ATOM_FIELDS
 from benchmarks.peers.peer_venv import LABEL_KEYS as LABEL_KEYS
 from benchmarks.peers.peer_venv import REPO_ROOT, ModelDescription, RunnerModel, VenvPeer
-from tensorframe.types import Sample
 
 RUNNER = Path(__file__).resolve().with_name("mace_runner.py")
 DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "mace"
@@ -79,21 +78,6 @@ def _describe(results: Sequence[Mapping[str, Any]]) -> ModelDescription:
                             + "; models run one after another, times summed")
 
 
-#: The MACE venv, its runner and how its models are named (lr 0.01 is MACE's default).
-PEER = VenvPeer(name="MACE", venv_name="MACE", runner=RUNNER, default_venv=DEFAULT_VENV,
-                venv_env_var="TENSORFRAME_MACE_VENV", setup_script="benchmarks/peers/setup_mace_venv.sh",
-                default_lr=0.01, describe=_describe)
-
-#: ``mace_python(venv=None) -> Path``: the MACE venv's python (which may not exist).
-mace_python = PEER.python
-#: ``available(venv=None) -> (ok, reason)``: whether the MACE venv is there, and if not, why.
-available = PEER.available
-#: ``write_extxyz(samples, fields, path)``: samples as extxyz, labels under REF_* keys.
-write_extxyz = PEER.write_extxyz
-#: ``field_metrics(name, predicted, samples, elements=None) -> metrics``: one field's MAE/RMSE.
-field_metrics = PEER.field_metrics
-
-
 def plan_models(targets: Mapping[str, float]) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Group a task's fields into MACE models; the rest with the reason MACE cannot do them.
 
@@ -133,59 +117,27 @@ def _runner_models(task: Any) -> tuple[list[RunnerModel], dict[str, str]]:
     return models, unsupported
 
 
-def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], budget: Mapping[str, Any],
-             out_dir: Path, venv: Path | None = None) -> dict[str, Any]:
-    """Train and test MACE on a task's splits within its budget (see the module docstring).
+#: The MACE venv, its runner and how its models are named (lr 0.01 is MACE's default); an MD run
+#: trains the energy/forces model (``ScaleShiftMACE``) and runs MACE's ``MACECalculator``.
+PEER = VenvPeer(name="MACE", venv_name="MACE", runner=RUNNER, default_venv=DEFAULT_VENV,
+                venv_env_var="TENSORFRAME_MACE_VENV", setup_script="benchmarks/peers/setup_mace_venv.sh",
+                default_lr=0.01, describe=_describe, plan=_runner_models,
+                md_model=lambda models: next((m for m in models if m.group == "energy"), None))
 
-    ``budget``: ``epochs``, ``max_time_s`` and optional ``batch_size`` (8, as the suite),
-    ``eval_batch_size`` (16, the suite's inference batch), ``lr`` (0.01, MACE's default),
-    ``seed`` (the split's seed), ``timeout_s`` (per model),
-    ``dtype`` ("float32", MACE's training default; "float64" for exact checks).
-    Returns the keys of :meth:`VenvPeer.train_and_test`; each model's test predictions stay in
-    ``out_dir/<group>_predictions.npz``.
-    """
-    models, unsupported = _runner_models(task)
-    return PEER.train_and_test(task, samples, split, budget, out_dir, venv, models, unsupported)
-
-
-def time_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], out_dir: Path,
-              venv: Path | None = None, *, eval_batch_size: int = 16, dtype: str = "float32",
-              timeout_s: float = 900.0) -> dict[str, Any]:
-    """Time MACE's inference on a task's test split, without training (the runner's ``time`` mode).
-
-    The models are those :func:`run_peer` would train for the task's fields (same grouping,
-    sizes, z_table over all splits, avg_num_neighbors and E0s from the training split, seed),
-    with their untrained initial weights. Inference as in :func:`run_peer`: batches of
-    ``eval_batch_size``, graphs built in every pass, median of 3 passes after 1 warm-up, one
-    torch thread; the energy model runs with autograd (forces = -dE/dx), the others without.
-    ``timeout_s`` bounds each model's runner process.
-
-    Returns:
-        ``supported``, ``reason``, ``unsupported_fields`` and, when supported, ``fields`` (the
-        fields whose models were timed), ``inference_structures_per_s``, ``inference_atoms_per_s``, ``inference_time_s`` (summed
-        over models), ``test_structures``, ``test_atoms``, ``num_parameters``, ``model``,
-        ``device``, ``torch_threads``, ``inference_batch_size``, ``inference_timing``,
-        ``versions``, ``notes``, ``models`` (each runner's result: per-model
-        ``inference_times_s``, ``num_parameters``, ``model_class``, ...).
-    """
-    models, unsupported = _runner_models(task)
-    return PEER.time_untrained(task, samples, split, out_dir, venv, models, unsupported,
-                               eval_batch_size=eval_batch_size, dtype=dtype, timeout_s=timeout_s)
-
-
-def md_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], budget: Mapping[str, Any],
-            out_dir: Path, md: Mapping[str, Any], timeout_s: float, venv: Path | None = None) -> dict[str, Any]:
-    """Train the task's energy/forces MACE (``ScaleShiftMACE``) as :func:`run_peer` does, with the
-    whole budget, then run the MD protocol ``md`` (run.json's ``md`` block, see
-    ``benchmarks/bench_md.py``) with MACE's ``MACECalculator``; ``timeout_s`` bounds both.
-
-    Returns the keys of :meth:`VenvPeer.train_and_md` (``supported`` False when the task has
-    no forces).
-    """
-    models, _ = _runner_models(task)
-    model = next((m for m in models if m.group == "energy"), None)
-    unsupported = {} if model is not None else {"forces": "the task has no forces for an MD run"}
-    return PEER.train_and_md(task, samples, split, budget, out_dir, venv, model, unsupported, md, timeout_s)
+#: ``mace_python(venv=None) -> Path``: the MACE venv's python (which may not exist).
+mace_python = PEER.python
+#: ``available(venv=None) -> (ok, reason)``: whether the MACE venv is there, and if not, why.
+available = PEER.available
+#: ``write_extxyz(samples, fields, path)``: samples as extxyz, labels under REF_* keys.
+write_extxyz = PEER.write_extxyz
+#: ``field_metrics(name, predicted, samples, elements=None) -> metrics``: one field's MAE/RMSE.
+field_metrics = PEER.field_metrics
+#: ``run_peer(task, samples, split, budget, out_dir, venv=None)``: train and test (:meth:`VenvPeer.run_peer`).
+run_peer = PEER.run_peer
+#: ``time_peer(task, samples, split, out_dir, venv=None, ...)``: time untrained (:meth:`VenvPeer.time_peer`).
+time_peer = PEER.time_peer
+#: ``md_peer(task, samples, split, budget, out_dir, md, timeout_s, venv=None)``: :meth:`VenvPeer.md_peer`.
+md_peer = PEER.md_peer
 
 
 __all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "field_metrics", "mace_python", "md_peer", "model_spec",

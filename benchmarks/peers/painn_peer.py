@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers.peer_venv import REPO_ROOT, ModelDescription, RunnerModel, VenvPeer
-from tensorframe.types import Sample
 
 RUNNER = Path(__file__).resolve().with_name("painn_runner.py")
 DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "schnetpack"
@@ -62,17 +61,6 @@ def _describe(results: Sequence[Mapping[str, Any]]) -> ModelDescription:
                             inference_timing=result["inference_timing"])
 
 
-#: The SchNetPack venv, the PaiNN runner and how its model is named (Adam lr 5e-4 by default).
-PEER = VenvPeer(name="PaiNN", venv_name="SchNetPack", runner=RUNNER, default_venv=DEFAULT_VENV,
-                venv_env_var="TENSORFRAME_SCHNETPACK_VENV", setup_script="benchmarks/peers/setup_schnetpack_venv.sh",
-                default_lr=5e-4, describe=_describe)
-
-#: ``painn_python(venv=None) -> Path``: the SchNetPack venv's python (which may not exist).
-painn_python = PEER.python
-#: ``available(venv=None) -> (ok, reason)``: whether the SchNetPack venv is there, and if not, why.
-available = PEER.available
-
-
 def plan_fields(targets: Mapping[str, float]) -> tuple[dict[str, float], dict[str, str]]:
     """({field: weight} PaiNN learns, {unsupported field: reason})."""
     supported = {name: float(w) for name, w in targets.items() if name in SUPPORTED_FIELDS}
@@ -89,44 +77,24 @@ def _runner_models(task: Any) -> tuple[list[RunnerModel], dict[str, str]]:
     return models, unsupported
 
 
-def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], budget: Mapping[str, Any],
-             out_dir: Path, venv: Path | None = None) -> dict[str, Any]:
-    """Train and test PaiNN on a task's splits within its budget (see the module docstring).
+#: The SchNetPack venv, the PaiNN runner and how its model is named (Adam lr 5e-4 by default); an
+#: MD run trains the PaiNN when it learns forces, saves it and runs SchNetPack's ``SpkCalculator``.
+PEER = VenvPeer(name="PaiNN", venv_name="SchNetPack", runner=RUNNER, default_venv=DEFAULT_VENV,
+                venv_env_var="TENSORFRAME_SCHNETPACK_VENV", setup_script="benchmarks/peers/setup_schnetpack_venv.sh",
+                default_lr=5e-4, describe=_describe, plan=_runner_models,
+                md_model=lambda models: models[0] if models and "forces" in models[0].fields else None,
+                md_model_file=f"{FILE_PREFIX}_model.pt")
 
-    ``budget``: ``epochs``, ``max_time_s`` and optional ``batch_size`` (8), ``eval_batch_size``
-    (16), ``lr`` (5e-4), ``seed`` (the split's), ``timeout_s``, ``dtype`` ("float32").
-    Returns the keys of ``mace_peer.run_peer``.
-    """
-    models, unsupported = _runner_models(task)
-    return PEER.train_and_test(task, samples, split, budget, out_dir, venv, models, unsupported)
-
-
-def time_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], out_dir: Path,
-              venv: Path | None = None, *, eval_batch_size: int = 16, dtype: str = "float32",
-              timeout_s: float = 900.0) -> dict[str, Any]:
-    """Time PaiNN's inference on a task's test split, without training (the runner's ``time`` mode).
-
-    Same model as :func:`run_peer` (sizes, seed, hence initial weights), untrained; inference as
-    there. Returns the keys of ``mace_peer.time_peer``.
-    """
-    models, unsupported = _runner_models(task)
-    return PEER.time_untrained(task, samples, split, out_dir, venv, models, unsupported,
-                               eval_batch_size=eval_batch_size, dtype=dtype, timeout_s=timeout_s)
-
-
-def md_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], budget: Mapping[str, Any],
-            out_dir: Path, md: Mapping[str, Any], timeout_s: float, venv: Path | None = None) -> dict[str, Any]:
-    """Train the task's PaiNN as :func:`run_peer` does, then run the MD protocol ``md`` (run.json's
-    ``md`` block, see ``benchmarks/bench_md.py``; its ``model_file`` is set here, in ``out_dir``)
-    with SchNetPack's ``SpkCalculator``; ``timeout_s`` bounds both.
-
-    Returns the keys of :meth:`VenvPeer.train_and_md` (``supported`` False without forces).
-    """
-    models, _ = _runner_models(task)
-    model = models[0] if models and "forces" in models[0].fields else None
-    unsupported = {} if model is not None else {"forces": "the task has no forces for an MD run"}
-    md = {**md, "model_file": str(Path(out_dir) / f"{FILE_PREFIX}_model.pt")}
-    return PEER.train_and_md(task, samples, split, budget, out_dir, venv, model, unsupported, md, timeout_s)
+#: ``painn_python(venv=None) -> Path``: the SchNetPack venv's python (which may not exist).
+painn_python = PEER.python
+#: ``available(venv=None) -> (ok, reason)``: whether the SchNetPack venv is there, and if not, why.
+available = PEER.available
+#: ``run_peer(task, samples, split, budget, out_dir, venv=None)``: train and test (:meth:`VenvPeer.run_peer`).
+run_peer = PEER.run_peer
+#: ``time_peer(task, samples, split, out_dir, venv=None, ...)``: time untrained (:meth:`VenvPeer.time_peer`).
+time_peer = PEER.time_peer
+#: ``md_peer(task, samples, split, budget, out_dir, md, timeout_s, venv=None)``: :meth:`VenvPeer.md_peer`.
+md_peer = PEER.md_peer
 
 
 __all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "md_peer", "painn_python", "plan_fields", "run_peer",

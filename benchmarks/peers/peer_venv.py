@@ -40,9 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.toolkit import REPO_ROOT
 from tensorframe.types import Sample
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 LABEL_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "dipole": "REF_dipole",
               "polarizability": "REF_polarizability", "atomic_dipole": "REF_atomic_dipole"}
@@ -150,7 +149,10 @@ class VenvPeer:
     ("SchNetPack"); ``runner``: the runner script; ``default_venv``: the venv unless
     ``venv_env_var`` names another; ``setup_script``: what makes the venv (repo-relative);
     ``default_lr``: the learning rate unless the budget sets one; ``describe``: the runners'
-    result jsons -> how the models are named in the record.
+    result jsons -> how the models are named in the record; ``plan``: a task -> (its models,
+    {unsupported field: reason}); ``md_model``: the planned models -> the one an MD run trains
+    (None: the task has no forces); ``md_model_file``: the file in ``out_dir`` where the runner
+    saves that model for its calculator (run.json's ``md.model_file``), if it needs one.
     """
 
     name: str
@@ -161,6 +163,9 @@ class VenvPeer:
     setup_script: str
     default_lr: float
     describe: Callable[[Sequence[Mapping[str, Any]]], ModelDescription]
+    plan: Callable[[Any], tuple[list[RunnerModel], dict[str, str]]]
+    md_model: Callable[[Sequence[RunnerModel]], RunnerModel | None]
+    md_model_file: str | None = None
 
     def python(self, venv: Path | None = None) -> Path:
         """The venv's python (which may not exist)."""
@@ -270,6 +275,42 @@ class VenvPeer:
             raise RuntimeError(f"{self.name} runner failed for task {task.name!r}{which} "
                                f"(rc {proc.returncode}); see {log_path}: " + " | ".join(tail))
         return json.loads(Path(run["result"]).read_text())
+
+    def run_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
+                 budget: Mapping[str, Any], out_dir: Path, venv: Path | None = None) -> dict[str, Any]:
+        """Train and test the task's models (``plan``) on its splits within its budget: :meth:`train_and_test`.
+
+        ``budget``: ``epochs``, ``max_time_s`` and optional ``batch_size`` (8, as the suite),
+        ``eval_batch_size`` (16, the suite's inference batch), ``lr`` (``default_lr``), ``seed``
+        (the split's seed), ``timeout_s`` (per model), ``dtype`` ("float32"; "float64" for exact
+        checks). Each model's test predictions stay in ``out_dir/<prefix>_predictions.npz``.
+        """
+        models, unsupported = self.plan(task)
+        return self.train_and_test(task, samples, split, budget, out_dir, venv, models, unsupported)
+
+    def time_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], out_dir: Path,
+                  venv: Path | None = None, *, eval_batch_size: int = 16, dtype: str = "float32",
+                  timeout_s: float = 900.0) -> dict[str, Any]:
+        """Time the inference of the models :meth:`run_peer` would train (same sizes, data-derived
+        settings and seed, hence the same initial weights), untrained, on the test split:
+        :meth:`time_untrained`. Inference as in :meth:`run_peer`: batches of ``eval_batch_size``,
+        graphs built in every pass, median of 3 passes after 1 warm-up, one torch thread; models
+        whose forces are -dE/dx run with autograd. ``timeout_s`` bounds each runner process."""
+        models, unsupported = self.plan(task)
+        return self.time_untrained(task, samples, split, out_dir, venv, models, unsupported,
+                                   eval_batch_size=eval_batch_size, dtype=dtype, timeout_s=timeout_s)
+
+    def md_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
+                budget: Mapping[str, Any], out_dir: Path, md: Mapping[str, Any], timeout_s: float,
+                venv: Path | None = None) -> dict[str, Any]:
+        """Train the task's ``md_model`` as :meth:`run_peer` does, with the whole budget, then run the
+        MD protocol ``md`` (run.json's ``md`` block, see ``benchmarks/bench_md.py``) with the
+        runner's own ASE calculator: :meth:`train_and_md`; ``timeout_s`` bounds both."""
+        model = self.md_model(self.plan(task)[0])
+        unsupported = {} if model is not None else {"forces": "the task has no forces for an MD run"}
+        if self.md_model_file is not None:
+            md = {**md, "model_file": str(Path(out_dir) / self.md_model_file)}
+        return self.train_and_md(task, samples, split, budget, out_dir, venv, model, unsupported, md, timeout_s)
 
     def train_and_test(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
                        budget: Mapping[str, Any], out_dir: Path, venv: Path | None,

@@ -213,25 +213,4 @@ def train_peer(module: nn.Module, samples: Sequence[Sample], split: Mapping[str,
     return TrainOutcome(epoch, steps, stopped, train_time, best_epoch, best_loss, seen, history)
 
 
-def inference_throughput(predictor: GraphPredictor, samples: Sequence[Sample], batch_size: int = 16,
-                         repeats: int = 3, warmup: int = 1) -> dict[str, float]:
-    """Structures/s and atoms/s of ``predictor.predict`` (graph building included, ``no_grad``,
-    eval mode) over ``samples``: median of ``repeats`` timed passes after ``warmup`` passes."""
-    device = next(predictor.module.parameters()).device
-    times = []
-    for index in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        predictor.predict(samples, batch_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    atoms = sum(s.num_atoms for s in samples)
-    return {"seconds": seconds, "structures_per_s": len(samples) / seconds, "atoms_per_s": atoms / seconds}
-
-
-__all__ = ["GraphPredictor", "TrainOutcome", "TrainSettings", "inference_throughput", "label_normalization",
-           "train_peer"]
+__all__ = ["GraphPredictor", "TrainOutcome", "TrainSettings", "label_normalization", "train_peer"]

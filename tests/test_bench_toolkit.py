@@ -1,0 +1,66 @@
+"""The benchmark toolkit: interleaved timing rounds, quick-mode defaults, and the docs sections,
+which must be exactly what the report code renders from the stored JSON (a refactor of the
+benchmarks may move code, not change a table)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_backbones, bench_completeness, bench_core, bench_md, bench_scaling
+from benchmarks.suite_report import load_speed, merge, section
+from benchmarks.toolkit import DOCS, RESULTS, interleaved_rounds, quick_defaults
+
+
+def test_interleaved_rounds_warm_up_once_then_alternate_the_order():
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    times = interleaved_rounds(calls, repeats=3, alternate=True)
+    assert order == ["a", "b", "c", "a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
+    order.clear()
+    interleaved_rounds(calls, repeats=2)
+    assert order == ["a", "b", "c"] * 3
+
+
+def test_quick_defaults_fill_only_unset_options():
+    args = argparse.Namespace(quick=True, sizes=None, repeats=7)
+    quick_defaults(args, sizes=((8, 64), (8, 64, 512)), repeats=(1, 5))
+    assert args.sizes == [8, 64] and args.repeats == 7
+
+
+def _docs_section(name: str) -> str:
+    match = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", DOCS.read_text(), flags=re.DOTALL)
+    assert match is not None, f"docs/benchmarks.md has no {name} section"
+    return match.group(1)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _render(name: str) -> str:
+    if name == "core":
+        return bench_core.render_markdown(_load("core.json"))
+    if name == "backbones":
+        return bench_backbones.render_markdown(_load("backbones.json"))
+    if name == "scaling":
+        plots = {plot: f"benchmarks/{plot}" for plot in (bench_scaling.ATOMS_PLOT, bench_scaling.TRIPLET_PLOT)}
+        return bench_scaling.render_markdown(_load("scaling.json"), "benchmarks/results/scaling.json", plots)
+    if name == "completeness":
+        return bench_completeness.render(_load("completeness.json"))
+    if name == "md":
+        return bench_md.render(_load("md.json"))
+    suite = merge([_load("suite.json")])
+    return section(suite, "benchmarks/results/suite.json", load_speed(RESULTS / "speed.json", suite["backbone_configs"]))
+
+
+@pytest.mark.parametrize("name", ["core", "backbones", "scaling", "suite", "completeness", "md"])
+def test_docs_section_is_what_the_stored_json_renders_to(name: str):
+    if not Path(RESULTS / f"{name}.json").exists():
+        pytest.skip(f"no stored benchmarks/results/{name}.json")
+    assert _render(name).strip() == _docs_section(name)
