@@ -8,6 +8,11 @@ invariance / consistency / Neumann checks, usable on any TensorModel or callable
 completeness checker (:mod:`tensorframe.testing.completeness`, which needs pymatgen and e3nn):
 
     from tensorframe.testing import CHECK_DIMS, assert_complete, completeness_report
+
+The contracts for plugins: :class:`tensorframe.testing.contract.BackboneContract` and
+:class:`tensorframe.testing.head_contract.HeadContract` (import them from their modules).
+A plugin's test suite loads the project's hypothesis profiles from its conftest.py with
+:func:`load_hypothesis_profile`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ _COMPLETENESS = (
 
 __all__ = [
     "CHECK_DIMS",
+    "HYPOTHESIS_PROFILES",
     "STANDARD_ENVIRONMENTS",
     "CompletenessReport",
     "apply_orthogonal",
@@ -57,6 +63,7 @@ __all__ = [
     "completeness_report",
     "evaluate",
     "invariant_subspace_dim",
+    "load_hypothesis_profile",
     "point_group_operations",
     "repeat_sample",
     "rock_salt",
@@ -65,6 +72,37 @@ __all__ = [
     "tetragonal_perovskite",
     "wurtzite",
 ]
+
+
+HYPOTHESIS_PROFILES: dict[str, dict[str, Any]] = {
+    "ci": {"max_examples": 6, "derandomize": True, "print_blob": True},
+    "dev": {"max_examples": 25},
+    "thorough": {"max_examples": 200},
+}
+"""The project's hypothesis profiles: ``ci`` few examples, derandomised (the same examples on
+every run); ``dev`` 25 examples; ``thorough`` 200. All without deadline and without the
+too-slow health check."""
+
+
+def load_hypothesis_profile(name: str | None = None) -> str:
+    """Register :data:`HYPOTHESIS_PROFILES` and load ``name`` (default: the environment variable
+    ``HYPOTHESIS_PROFILE``, else ``"dev"``); returns the name. Call it in a conftest.py, which
+    pytest imports before the test modules.
+
+    Raises:
+        ValueError: for a name that is not a profile.
+    """
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    name = name or os.environ.get("HYPOTHESIS_PROFILE", "dev")
+    if name not in HYPOTHESIS_PROFILES:
+        raise ValueError(f"HYPOTHESIS_PROFILE: expected one of {', '.join(HYPOTHESIS_PROFILES)}, got {name!r}")
+    for profile, options in HYPOTHESIS_PROFILES.items():
+        settings.register_profile(profile, deadline=None, suppress_health_check=[HealthCheck.too_slow], **options)
+    settings.load_profile(name)
+    return name
 
 
 def __getattr__(name: str) -> Any:
