@@ -6,6 +6,7 @@ from tensorframe.checkpoint import load_model, save_checkpoint
 from tensorframe.config import ConfigError, ModelConfig
 from tensorframe.fields import FieldSpec
 from tensorframe.hookspecs import hookimpl
+from tensorframe.io.read import read_structures
 from tensorframe.model import TensorModel, build_model
 from tensorframe.registry import PluginError, get_registry, list_plugins
 from tensorframe.specs import BackboneSpec, FeatureDims, GraphSettings, HeadSpec, PluginConfig, ReaderSpec
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec", "ConfigError", "FeatureDims", "FieldSpec", "Graph", "GraphSettings", "HeadSpec",
     "InvariantFeatures", "ModelConfig", "PluginConfig", "PluginError", "ReaderSpec", "Sample", "TensorModel", "TensorframeCalculator",
-    "build_model", "get_registry", "hookimpl", "list_plugins", "load_model", "save_checkpoint",
+    "build_model", "get_registry", "hookimpl", "list_plugins", "load_model", "read_structures", "save_checkpoint",
 ]

@@ -3,6 +3,7 @@ through the same hooks as any third-party plugin."""
 
 from __future__ import annotations
 
+from tensorframe.backbones.reference import ReferenceBackboneConfig, build_reference_backbone
 from tensorframe.fields import BUILTIN_FIELDS, FieldSpec
 from tensorframe.heads.named import (
     BornHeadConfig,
@@ -30,7 +31,6 @@ from tensorframe.io.deepmd import read_deepmd
 from tensorframe.io.nmr import read_matten_nmr
 from tensorframe.io.vasp import read_vasp
 from tensorframe.specs import BackboneSpec, HeadSpec, ReaderSpec
-from tensorframe.testing.reference_backbone import ReferenceBackboneConfig, build_reference_backbone
 
 
 @hookimpl

@@ -17,7 +17,7 @@ import torch
 
 from tensorframe.config import ConfigError, parse_model_config
 from tensorframe.model import TensorModel, build_model, check_model_memory, materialize_model, plan_model
-from tensorframe.registry import get_registry
+from tensorframe.registry import Registry, get_registry
 
 FORMAT = "tensorframe-checkpoint/2"
 # Format 1 predates the complete word sets: its heads were built with products of edge
@@ -188,8 +188,9 @@ def check_weights(state_dict: dict[Any, Any], path: Path) -> None:
 
 
 def load_model(path: str | Path, map_location: str | torch.device | None = None,
-               memory_budget_gb: float | None = None) -> TensorModel:
-    """The model saved in a checkpoint, in eval mode, on ``map_location`` (default CPU).
+               memory_budget_gb: float | None = None, registry: Registry | None = None) -> TensorModel:
+    """The model saved in a checkpoint, in eval mode, on ``map_location`` (default CPU), built
+    from the plugins of ``registry`` (default: the installed ones, :func:`get_registry`).
 
     Before any large allocation the saved config is planned (:func:`tensorframe.model.plan_model`),
     its tensor names and shapes compared with the saved weights, and its size with the model
@@ -202,10 +203,10 @@ def load_model(path: str | Path, map_location: str | torch.device | None = None,
     """
     path = Path(path)
     payload = load_checkpoint(path)
+    registry = registry or get_registry()
     config = payload["model_config"]
     if payload["format"] in LEGACY_FORMATS:
-        config = with_paper_basis(config)
-    registry = get_registry()
+        config = with_paper_basis(config, registry)
     try:
         config = parse_model_config(config)
         planned = plan_model(config, registry)
@@ -248,11 +249,10 @@ def check_weights_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
                               f"which the config does not build")
 
 
-def with_paper_basis(config: dict[str, Any]) -> dict[str, Any]:
-    """A format-1 model config with ``basis: paper`` on every head that has the option."""
-    from tensorframe.registry import get_registry
-
-    registry = get_registry()
+def with_paper_basis(config: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+    """A format-1 model config with ``basis: paper`` on every head of ``registry`` (default:
+    the installed plugins) that has the option."""
+    registry = registry or get_registry()
     heads = []
     for head in config.get("heads", []):
         head = dict(head)

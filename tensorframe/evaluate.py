@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tensorframe.fields import FieldSpec
 from tensorframe.types import Sample
 
 
@@ -84,20 +85,10 @@ def collect_pairs(model: Any, samples: Sequence[Sample], batch_size: int = 16,
             target_rows.append(target.reshape(per_row, -1))
             rows[name] = (pred_rows, target_rows, count + 1)
     return {
-        name: FieldPairs(name, fields[name].level, _units(fields[name]), fields[name].rank, np.concatenate(p),
+        name: FieldPairs(name, fields[name].level, fields[name].units, fields[name].rank, np.concatenate(p),
                          np.concatenate(t), n)
         for name, (p, t, n) in rows.items()
     }
-
-
-def _units(spec: Any) -> str:
-    """The head's units, else those of the registered field of that name (a scalar head's default is "")."""
-    if spec.units:
-        return spec.units
-    from tensorframe.registry import get_registry
-
-    registered = get_registry().items["field"].get(spec.name)
-    return registered.units if registered is not None else ""
 
 
 def metrics(pairs: FieldPairs) -> dict[str, Any]:
@@ -221,14 +212,16 @@ def _grid(panels: int) -> tuple[int, int]:
     return -(-panels // columns), columns
 
 
-def parity_plot(pairs: FieldPairs, path: str | Path, symmetry: str | None = None) -> list[ParityPanel]:
+def parity_plot(pairs: FieldPairs, path: str | Path, symmetry: str | None = None,
+                fields: Mapping[str, FieldSpec] | None = None) -> list[ParityPanel]:
     """Predicted against labelled values: one panel per symmetry-independent component.
 
     Each panel has its component's MAE in the title, the line y = x, and robust axis limits
     (:func:`robust_limits` over its labels and predictions); points outside are drawn on
     the edge as red triangles and counted in the title. ``symmetry`` is the field's formula
-    (a model's ``fields[name].symmetry``); None looks the field up in the registry, and a
-    field not found there gets one panel per Cartesian component.
+    (a model's ``fields[name].symmetry``); None looks ``pairs.field`` up in ``fields`` (a field
+    table, e.g. ``Registry.fields``), and a field not found there (or no ``fields``) gets one
+    panel per Cartesian component.
 
     Returns:
         the panels, in the order drawn (row-major components).
@@ -239,7 +232,7 @@ def parity_plot(pairs: FieldPairs, path: str | Path, symmetry: str | None = None
     import matplotlib.pyplot as plt
 
     if symmetry is None:
-        symmetry = _registered_symmetry(pairs.field, pairs.rank)
+        symmetry = _table_symmetry(fields or {}, pairs.field, pairs.rank)
     names = pairs.components
     chosen = independent_components(pairs.rank, symmetry)
     rows, columns = _grid(len(chosen))
@@ -287,12 +280,10 @@ def _draw_panel(ax: Any, name: str, target: np.ndarray, predicted: np.ndarray, c
     return ParityPanel(name, mae, (low, high), clipped)
 
 
-def _registered_symmetry(field: str, rank: int) -> str:
-    """The index symmetry of the registered field ``field`` when its rank fits, else none."""
-    from tensorframe.registry import get_registry
-
-    registered = get_registry().items["field"].get(field)
-    return registered.symmetry if registered is not None and registered.rank == rank else ""
+def _table_symmetry(fields: Mapping[str, FieldSpec], field: str, rank: int) -> str:
+    """The index symmetry of ``fields[field]`` when it is there and its rank fits, else none."""
+    spec = fields.get(field)
+    return spec.symmetry if spec is not None and spec.rank == rank else ""
 
 
 def write_report(model: Any, samples: Sequence[Sample], outdir: str | Path, batch_size: int = 16,

@@ -31,7 +31,9 @@ def tensorframe_register_backbones() -> list[BackboneSpec]:
 
 @hookspec
 def tensorframe_register_heads() -> list[HeadSpec]:
-    """Heads this plugin provides: modules mapping InvariantFeatures to a tensor field."""
+    """Heads this plugin provides: modules mapping InvariantFeatures to a tensor field, each
+    built as ``build(options, feature_dims, fields)`` with ``fields`` the field table of the
+    registry the model is built from."""
 
 
 @hookspec
@@ -41,4 +43,5 @@ def tensorframe_register_fields() -> list[FieldSpec]:
 
 @hookspec
 def tensorframe_register_readers() -> list[ReaderSpec]:
-    """File readers this plugin provides, producing Samples with labels."""
+    """File readers this plugin provides, producing Samples with labels; each is called as
+    ``read(path, *, fields, **options)`` with ``fields`` the registry's field table."""

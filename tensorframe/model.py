@@ -265,7 +265,9 @@ def _validate_options(spec_config: type, options: dict[str, Any], path: str):
 
 def build_model(config: ModelConfig | dict[str, Any], registry: Registry | None = None,
                 memory_budget_gb: float | None = None) -> TensorModel:
-    """A randomly initialised :class:`TensorModel` from a config (dict or :class:`ModelConfig`).
+    """A randomly initialised :class:`TensorModel` from a config (dict or :class:`ModelConfig`),
+    with the backbones, heads and fields of ``registry`` (default: the installed plugins,
+    :func:`~tensorframe.registry.get_registry`); head builders get ``registry.fields``.
 
     The model is planned first (:func:`plan_model`: every large tensor on the meta device, so
     nothing big is allocated) and its size checked against the model memory budget
@@ -308,7 +310,7 @@ def assemble_model(config: ModelConfig, registry: Registry) -> TensorModel:
             raise ConfigError(f"heads[{index}].name: {error}") from None
         options = _validate_options(head_spec.config, choice.options, f"heads[{index}]")
         try:
-            heads.append(head_spec.build(options, lift_dims))
+            heads.append(head_spec.build(options, lift_dims, registry.fields))
         except (ValueError, PluginError) as error:
             raise ConfigError(f"heads[{index}]: {error}") from None
     needs_triplets = any(head.needs_triplets for head in heads)

@@ -16,13 +16,15 @@ import functools
 import importlib.metadata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import pluggy
+from pydantic import BaseModel
 
-from tensorframe import hookspecs
+from tensorframe import builtin_plugin, hookspecs
 from tensorframe.fields import FieldSpec
-from tensorframe.specs import BackboneSpec, HeadSpec, ReaderSpec
+from tensorframe.specs import BackboneSpec, FieldTable, HeadSpec, ReaderSpec
 
 ENTRY_POINT_GROUP = "tensorframe"
 KINDS = ("backbone", "head", "field", "reader")
@@ -98,6 +100,12 @@ class Registry:
             broken = f"; plugins that failed to load: {hint}" if hint else ""
             raise PluginError(f"unknown {kind} {name!r}; valid choices: {choices}{broken}") from None
 
+    @property
+    def fields(self) -> FieldTable:
+        """The registered fields by name, read-only (a field two plugins register is left
+        out, as in :attr:`items`): what head builders and readers are given."""
+        return MappingProxyType(self.items["field"])
+
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
 
@@ -131,8 +139,6 @@ def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
 def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), load_entry_points: bool = True) -> Registry:
     """A fresh registry: built-ins, then installed entry points, then ``extra_plugins``
     given as ``(name, module_or_object)`` (handy in tests and notebooks)."""
-    from tensorframe import builtin_plugin
-
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
     registry = Registry(manager=manager)
@@ -212,8 +218,6 @@ def _spec_problem(spec: object, spec_type: type) -> str | None:
     if not isinstance(spec.description, str):
         return f"{spec.name!r}: description must be a string, got {_kind_of(spec.description)}"
     if isinstance(spec, (BackboneSpec, HeadSpec)):
-        from pydantic import BaseModel
-
         if not (isinstance(spec.config, type) and issubclass(spec.config, BaseModel)):
             return f"{spec.name!r}: config must be a PluginConfig subclass, got {_kind_of(spec.config)}"
         if not callable(spec.build):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from tensorframe.fields import FieldSpec
 from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE
 
 if TYPE_CHECKING:
@@ -63,20 +64,35 @@ class BackboneSpec:
     description: str = ""
 
 
+FieldTable = Mapping[str, FieldSpec]
+"""Registered fields by name (:attr:`tensorframe.registry.Registry.fields`): what head builders
+and readers look field specs up in. They are given it; they never ask the global registry."""
+
+
 @dataclass(frozen=True)
 class HeadSpec:
-    """A head plugin: ``build(options, feature_dims) -> Head``."""
+    """A head plugin.
+
+    Attributes:
+        name: the ``heads[].name`` users write in a config.
+        config: pydantic model of the head's options (subclass :class:`PluginConfig`).
+        build: ``build(options, feature_dims, fields) -> Head``; ``fields`` is the field table
+            of the registry the model is built from (:class:`FieldTable`), where a head looks
+            up the spec of the field it predicts.
+    """
 
     name: str
     config: type[PluginConfig]
-    build: Callable[[PluginConfig, FeatureDims], Head]
+    build: Callable[[PluginConfig, FeatureDims, FieldTable], Head]
     description: str = ""
 
 
 @dataclass(frozen=True)
 class ReaderSpec:
-    """A file reader: ``read(path, **options) -> list[Sample]``, chosen by ``extensions``
-    (lower-case, with the dot, e.g. ``(".xyz", ".extxyz")``) or by ``name``."""
+    """A file reader: ``read(path, *, fields, **options) -> list[Sample]``, chosen by
+    ``extensions`` (lower-case, with the dot, e.g. ``(".xyz", ".extxyz")``) or by ``name``.
+    ``fields`` is the field table (:class:`FieldTable`) of the registry reading the file: the
+    fields labels may be stored as (:func:`tensorframe.io.read.read_structures` passes it)."""
 
     name: str
     read: Callable[..., list[Sample]]

@@ -249,7 +249,7 @@ def test_named_heads_span_their_fields(head: str, formula: str, dim: int, basis:
     """``basis: paper`` is exactly Eqs. 3-8; the complete default adds identity words per atom
     (rank 2) and per edge (rank 3) and normal-direction triplet words."""
     spec = get_registry().get("head", head)
-    built = spec.build(spec.config(basis=basis), DIMS)
+    built = spec.build(spec.config(basis=basis), DIMS, get_registry().fields)
     assert built.field.symmetry == formula and subspace_dim(formula) == dim
     assert (built.atom_words, built.edge_words, built.triplet_words) == expected[head]
     assert _environment_span(formula, built.atom_words + built.edge_words, built.triplet_words, seed=11) == dim

@@ -347,7 +347,7 @@ REGISTERED_HEADS = _registered_heads()
 
 def _build(name: str, options: dict):
     spec = get_registry().get("head", name)
-    return spec.build(spec.config.model_validate(options), CHECK_DIMS)
+    return spec.build(spec.config.model_validate(options), CHECK_DIMS, get_registry().fields)
 
 
 def _id(item) -> str:
@@ -405,10 +405,10 @@ class _NeedsAField(PluginConfig):
 
 
 def test_assert_registered_heads_complete_lists_failures_and_skips():
-    def paper_born(options, dims):
+    def paper_born(options, dims, fields):
         return CartesianTensorHead(FIELDS["born_charges"], dims, ("aa",), ("ab",), hidden=8)
 
-    def force(options, dims):
+    def force(options, dims, fields):
         return CartesianTensorHead(FIELDS["forces"], dims, ("a",), (), hidden=8)
 
     registry = Registry()

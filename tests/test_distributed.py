@@ -24,6 +24,7 @@ import yaml
 
 import tensorframe as tf
 from tensorframe.checkpoint import load_checkpoint
+from tensorframe.io.read import read_structures
 from tensorframe.train import Trainer, parse_train_config
 from tensorframe.train.state import seed_everything
 
@@ -65,7 +66,7 @@ def test_two_processes_finish_with_one_writer(two_process_run):
     # 12 training structures, batch 4 per process: 2 steps per epoch.
     assert state["global_step"] == 6
     model = tf.load_model(out / "best.pt")
-    samples = tf.io.read_structures(folder / "data.xyz", key_map={"eps": "dielectric"}, index=":2")
+    samples = read_structures(folder / "data.xyz", key_map={"eps": "dielectric"}, index=":2")
     assert all(torch.isfinite(torch.as_tensor(p["dielectric"])).all() for p in model.predict(samples))
     assert "test" in json.loads((out / "metrics.json").read_text())
 

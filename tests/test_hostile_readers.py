@@ -30,6 +30,9 @@ from tensorframe.io.checks import InputError
 from tensorframe.io.convert import to_sample
 from tensorframe.io.read import read_structures
 from tensorframe.io.writers import crystal_symmetry
+from tensorframe.registry import get_registry
+
+FIELDS = get_registry().fields  # the field table the readers are given (read_structures passes it)
 
 EXAMPLES = Path(tensorframe.__file__).parent / "data" / "examples.extxyz"
 
@@ -162,7 +165,7 @@ def test_valid_extxyz_files_read_as_ase_reads_them(tmp_path):
         handle.write(EXAMPLES.read_text() + "\n\n")
     again = read_structures(padded)
     assert [s.num_atoms for s in again] == [s.num_atoms for s in samples]
-    last = read_ase(padded, index="-1")
+    last = read_ase(padded, fields=FIELDS, index="-1")
     np.testing.assert_array_equal(last[0].positions, samples[-1].positions)
 
 
@@ -301,7 +304,7 @@ def test_a_malformed_poscar_is_one_line_naming_the_file(tmp_path, text, parts):
 def test_outcar_positions_keep_the_wurtzite_symmetry():
     if not ALN_OUTCAR.exists():
         pytest.skip(f"{ALN_OUTCAR} is absent")
-    (sample,) = vasp_reader.read_vasp(ALN_OUTCAR)
+    (sample,) = vasp_reader.read_vasp(ALN_OUTCAR, fields=FIELDS)
     assert crystal_symmetry(sample, symprec=1e-5)[3] == "P6_3mc"
     step = ase.io.read(ALN_OUTCAR, index=0, format="vasp-out")  # ase: the 5-decimal POSITION block
     rounded = to_sample(step)

@@ -22,6 +22,9 @@ import pytest
 from tensorframe import build_model
 from tensorframe.io.ase_reader import read_ase
 from tensorframe.io.read import read_structures
+from tensorframe.registry import get_registry
+
+FIELDS = get_registry().fields  # the field table the readers are given (read_structures passes it)
 
 
 def _datasets() -> Path:
@@ -47,7 +50,7 @@ def need(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def crystals():
-    return read_ase(need(BECS), key_map=BECS_KEYS, index=":5")
+    return read_ase(need(BECS), fields=FIELDS, key_map=BECS_KEYS, index=":5")
 
 
 def test_becs_file_gives_born_charges_and_dielectric_per_crystal(crystals):
@@ -92,12 +95,12 @@ def test_dielectric_is_symmetric_and_at_least_one(crystals):
 
 def test_common_keys_are_read_without_key_map_unless_turned_off():
     """``becs``/``eps`` are in the default key map (units fixed: e, dimensionless)."""
-    default = read_ase(need(BECS), index=":2")
-    mapped = read_ase(BECS, key_map=BECS_KEYS, index=":2")
+    default = read_ase(need(BECS), fields=FIELDS, index=":2")
+    mapped = read_ase(BECS, fields=FIELDS, key_map=BECS_KEYS, index=":2")
     for a, b in zip(default, mapped, strict=True):
         assert set(a.targets) == {"born_charges", "dielectric"}
         np.testing.assert_array_equal(a.targets["born_charges"], b.targets["born_charges"])
-    assert all(sample.targets == {} for sample in read_ase(BECS, index=":2", default_keys=False))
+    assert all(sample.targets == {} for sample in read_ase(BECS, fields=FIELDS, index=":2", default_keys=False))
 
 
 def test_read_structures_picks_the_ase_reader_for_xyz_and_passes_options():
@@ -111,7 +114,7 @@ def test_read_structures_picks_the_ase_reader_for_xyz_and_passes_options():
     ("monomer", 3, -76.35), ("dimer", 6, -152.69), ("zundel", 7, -153.02),
 ])
 def test_water_molecules_give_dipole_polarizability_hyperpolarizability(name, atoms, energy):
-    samples = read_ase(need(WATER / f"water_{name}_coords_1000.xyz"), key_map=WATER_KEYS, index=":3")
+    samples = read_ase(need(WATER / f"water_{name}_coords_1000.xyz"), fields=FIELDS, key_map=WATER_KEYS, index=":3")
     assert len(samples) == 3
     for index, sample in enumerate(samples):
         where = f"{name} structure {index}"
@@ -134,7 +137,7 @@ def test_monomer_labels_obey_the_mirror_symmetry_of_the_molecular_plane():
     its geometry, so mu, alpha and beta are unchanged by that reflection (components along
     the normal vanish in odd number). The frames are rotated water molecules, so this shows
     the labels are in the frame of the stored positions and beta is read in index order."""
-    samples = read_ase(need(WATER / "water_monomer_coords_1000.xyz"), key_map=WATER_KEYS, index=":20")
+    samples = read_ase(need(WATER / "water_monomer_coords_1000.xyz"), fields=FIELDS, key_map=WATER_KEYS, index=":20")
     for index, sample in enumerate(samples):
         o, h1, h2 = sample.positions
         normal = np.cross(h1 - o, h2 - o)
@@ -154,7 +157,7 @@ def test_monomer_labels_obey_the_mirror_symmetry_of_the_molecular_plane():
 
 
 def test_bulk_water_gives_a_periodic_cell_and_a_dielectric_tensor():
-    samples = read_ase(need(WATER / "water_bulk_coords_1000.xyz"), key_map=WATER_KEYS, index=":2")
+    samples = read_ase(need(WATER / "water_bulk_coords_1000.xyz"), fields=FIELDS, key_map=WATER_KEYS, index=":2")
     for index, sample in enumerate(samples):
         assert sample.num_atoms == 96 and sample.pbc.all()
         assert np.bincount(sample.numbers, minlength=9)[[1, 8]].tolist() == [64, 32]
@@ -167,7 +170,7 @@ def test_bulk_water_gives_a_periodic_cell_and_a_dielectric_tensor():
 
 
 def test_read_molecules_go_through_a_model_with_label_shaped_predictions():
-    samples = read_ase(need(WATER / "water_dimer_coords_1000.xyz"), key_map=WATER_KEYS, index=":2")
+    samples = read_ase(need(WATER / "water_dimer_coords_1000.xyz"), fields=FIELDS, key_map=WATER_KEYS, index=":2")
     model = build_model({
         "cutoff": 3.0,
         "backbone": {"name": "reference", "hidden": 8},
@@ -192,7 +195,7 @@ EPS = "2.0 0.0 0.0 0.0 2.0 0.0 0.0 0.0 2.0"
 def test_good_synthetic_file_reads(tmp_path):
     path = tmp_path / "good.xyz"
     path.write_text(FRAME.format(eps=EPS) * 2)
-    samples = read_ase(path, key_map=BECS_KEYS)
+    samples = read_ase(path, fields=FIELDS, key_map=BECS_KEYS)
     assert len(samples) == 2
     np.testing.assert_array_equal(samples[1].targets["born_charges"][1], -1.1 * np.eye(3))
 
@@ -202,7 +205,7 @@ def test_truncated_file_names_the_file_and_the_structure(tmp_path):
     text = FRAME.format(eps=EPS) * 3
     path.write_text(text[: text.rindex("Cl")])  # the third frame loses its last atom
     with pytest.raises(ValueError) as info:
-        read_ase(path, key_map=BECS_KEYS)
+        read_ase(path, fields=FIELDS, key_map=BECS_KEYS)
     message = str(info.value)
     assert message.startswith(f"{path}: structure 2 cannot be read")
     assert "truncated" in message
@@ -212,7 +215,7 @@ def test_wrong_shaped_structure_label_names_file_structure_and_field(tmp_path):
     path = tmp_path / "short_eps.xyz"
     path.write_text(FRAME.format(eps=EPS) + FRAME.format(eps="2.0 2.0 2.0 0.0 0.0 0.0"))
     with pytest.raises(ValueError) as info:
-        read_ase(path, key_map=BECS_KEYS)
+        read_ase(path, fields=FIELDS, key_map=BECS_KEYS)
     assert str(info.value) == (
         f"{path}: structure 1, field 'dielectric' (key 'eps'): expected 9 numbers for shape (3, 3), got shape (6,)"
     )
@@ -225,7 +228,7 @@ def test_wrong_shaped_atom_label_names_file_structure_and_field(tmp_path):
     assert broken.splitlines()[2].split()[4:] == ["1.1", "0.0", "0.0", "0.0", "1.1", "0.0"]
     path.write_text(frame * 2 + broken)
     with pytest.raises(ValueError, match=r"structure 2, field 'born_charges' \(key 'becs'\): expected 18 numbers") as info:
-        read_ase(path, key_map=BECS_KEYS)
+        read_ase(path, fields=FIELDS, key_map=BECS_KEYS)
     assert str(path) in str(info.value)
 
 
@@ -233,16 +236,16 @@ def test_frame_numbers_in_errors_count_from_the_start_of_the_file(tmp_path):
     path = tmp_path / "late.xyz"
     path.write_text(FRAME.format(eps=EPS) * 3 + FRAME.format(eps="1.0"))
     with pytest.raises(ValueError, match=r"structure 3, field 'dielectric'"):
-        read_ase(path, key_map=BECS_KEYS, index="2:")
+        read_ase(path, fields=FIELDS, key_map=BECS_KEYS, index="2:")
     with pytest.raises(ValueError, match=r"structure 3, field 'dielectric'"):
-        read_ase(path, key_map=BECS_KEYS, index="3")
-    assert len(read_ase(path, key_map=BECS_KEYS, index=":3")) == 3
+        read_ase(path, fields=FIELDS, key_map=BECS_KEYS, index="3")
+    assert len(read_ase(path, fields=FIELDS, key_map=BECS_KEYS, index=":3")) == 3
 
 
 def test_missing_file_and_non_structure_file(tmp_path):
     with pytest.raises(FileNotFoundError):
-        read_ase(tmp_path / "absent.xyz")
+        read_ase(tmp_path / "absent.xyz", fields=FIELDS)
     path = tmp_path / "notes.xyz"
     path.write_text("these are not atoms\n")
     with pytest.raises(ValueError, match=rf"^{path}: structure 0 cannot be read"):
-        read_ase(path)
+        read_ase(path, fields=FIELDS)

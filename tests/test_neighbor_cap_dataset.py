@@ -21,7 +21,7 @@ import torch
 import tensorframe as tf
 import tensorframe.graph.collate as collate
 from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE, NeighborList, neighbor_list
-from tensorframe.io import read_structures
+from tensorframe.io.read import read_structures
 from tensorframe.registry import get_registry
 from tensorframe.testing import apply_orthogonal, rotate_sample, wurtzite
 from tensorframe.types import Sample

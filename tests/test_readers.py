@@ -32,7 +32,10 @@ from tensorframe.io.csv_labels import read_etgnn
 from tensorframe.io.deepmd import read_deepmd
 from tensorframe.io.read import guess_format, read_structures
 from tensorframe.io.vasp import read_vasp
+from tensorframe.registry import get_registry
 from tensorframe.types import Sample
+
+FIELDS = get_registry().fields  # the field table the readers are given (read_structures passes it)
 
 
 def _datasets() -> Path:
@@ -177,8 +180,8 @@ def test_unit_factors_agree_with_ase_units():
 
 
 def test_ase_reader_converts_atomic_units():
-    raw = read_ase(need(WATER), key_map={"potential": "energy", "mu": "dipole"}, index=":2")
-    converted = read_ase(WATER, key_map={"potential": "energy", "mu": "dipole"}, index=":2",
+    raw = read_ase(need(WATER), fields=FIELDS, key_map={"potential": "energy", "mu": "dipole"}, index=":2")
+    converted = read_ase(WATER, fields=FIELDS, key_map={"potential": "energy", "mu": "dipole"}, index=":2",
                          units={"energy": "Ha", "dipole": "e*bohr"})
     for a, b in zip(raw, converted, strict=True):
         assert b.targets["energy"] == pytest.approx(a.targets["energy"] * ase.units.Hartree)
@@ -190,7 +193,7 @@ def test_ase_reader_converts_atomic_units():
 
 def test_deepmd_energies_forces_cells_of_periodic_water():
     system = need(DATASETS / "deepmd-water-forces" / "data_0")
-    samples = read_deepmd(system)
+    samples = read_deepmd(system, fields=FIELDS)
     coord = np.load(system / "set.000" / "coord.npy")
     force = np.load(system / "set.000" / "force.npy")
     assert len(samples) == 80
@@ -207,7 +210,7 @@ def test_deepmd_energies_forces_cells_of_periodic_water():
 
 def test_deepmd_reads_every_set_in_order():
     system = need(DATASETS / "deepmd-water-forces" / "data_1")
-    samples = read_deepmd(system)
+    samples = read_deepmd(system, fields=FIELDS)
     assert len(samples) == 160
     second = np.load(system / "set.001" / "coord.npy")[0].reshape(-1, 3)
     np.testing.assert_array_equal(samples[80].positions, second.astype(np.float64))
@@ -217,7 +220,7 @@ def test_deepmd_nopbc_molecules_have_zero_net_force_and_torque():
     """Isolated molecules: sum F = 0 and sum r x F = 0. The torque vanishes only when the
     forces are in the frame of the positions (a 90 degree rotation of F breaks it)."""
     root = need(DATASETS / "deepmd-nopbc-combustion")
-    samples = read_deepmd(root)
+    samples = read_deepmd(root, fields=FIELDS)
     assert len(samples) == 1562 + 485 + 15  # three systems, sorted: C1H4O2, C3H3O4, C4H3O1
     assert [s.num_atoms for s in (samples[0], samples[1562], samples[-1])] == [7, 10, 8]
     assert sorted(samples[0].numbers.tolist()) == [1, 1, 1, 1, 6, 8, 8]
@@ -248,7 +251,7 @@ def test_deepmd_old_layout_atomic_dipoles_go_to_the_oxygens():
     """DPLR data: rows for the 128 O only. Each O's Wannier-centroid displacement points
     along its H-O-H bisector, which pins both the atom assignment and the frame."""
     system = need(DATASETS / "deepmd-dplr-water")
-    samples = read_deepmd(system)
+    samples = read_deepmd(system, fields=FIELDS)
     raw = np.load(system / "set.000" / "atomic_dipole.npy")
     assert len(samples) == 30 and {"energy", "forces", "virial", "atomic_dipole"} == set(samples[0].targets)
     for index in (0, 29):
@@ -258,28 +261,28 @@ def test_deepmd_old_layout_atomic_dipoles_go_to_the_oxygens():
         assert not dipoles[~oxygen].any()
         cosines = _bisector_cosines(s)
         assert cosines.mean() > 0.98 and cosines.min() > 0.9
-    np.testing.assert_array_equal(read_deepmd(system, sel_type=["O"])[3].targets["atomic_dipole"],
+    np.testing.assert_array_equal(read_deepmd(system, fields=FIELDS, sel_type=["O"])[3].targets["atomic_dipole"],
                                   samples[3].targets["atomic_dipole"])
     with pytest.raises(ValueError, match=r"atomic_dipole.npy: 128 labelled atoms per frame, but sel_type \['H'\] selects 256"):
-        read_deepmd(system, sel_type=["H"])
+        read_deepmd(system, fields=FIELDS, sel_type=["H"])
 
 
 def test_deepmd_reformat_atomic_dipoles_and_nopbc_marker():
     system = need(DATASETS / "deepmd-water-tensor" / "dipole" / "training_data_reformat" / "atomic_system")
-    samples = read_deepmd(system)
+    samples = read_deepmd(system, fields=FIELDS)
     raw = np.load(system / "set.000" / "atomic_dipole.npy")
     s = samples[5]
     assert not s.pbc.any()  # the `nopbc` marker wins over box.npy
     np.testing.assert_array_equal(s.targets["atomic_dipole"], raw[5].reshape(192, 3).astype(np.float64))
     assert not s.targets["atomic_dipole"][s.numbers == 1].any()
     assert _bisector_cosines(s).mean() > 0.97
-    periodic = read_deepmd(system, pbc=True)[5]
+    periodic = read_deepmd(system, fields=FIELDS, pbc=True)[5]
     assert periodic.pbc.all() and 12.0 < periodic.cell[0, 0] < 13.0
 
 
 def test_deepmd_global_polarizability_per_molecule():
     system = need(DATASETS / "deepmd-water-tensor" / "polar" / "training_data_reformat" / "global_system")
-    samples = read_deepmd(system)
+    samples = read_deepmd(system, fields=FIELDS)
     assert samples[0].pbc.all() and set(samples[0].targets) == {"polarizability"}
     per_molecule = np.mean([np.trace(s.targets["polarizability"]) / 3 / 64 for s in samples[:20]])
     assert per_molecule == pytest.approx(1.94, abs=0.05)  # PROVENANCE: 123.9 / 64
@@ -287,14 +290,14 @@ def test_deepmd_global_polarizability_per_molecule():
 
 def test_deepmd_directory_of_systems_with_different_labels_is_an_error():
     with pytest.raises(ValueError, match=r"field 'dipole': missing, but given for .*global_system"):
-        read_deepmd(need(DATASETS / "deepmd-water-tensor" / "dipole" / "training_data_reformat"))
+        read_deepmd(need(DATASETS / "deepmd-water-tensor" / "dipole" / "training_data_reformat"), fields=FIELDS)
 
 
 # ---- VASP ----
 
 @pytest.fixture(scope="module")
 def aln_outcar() -> Sample:
-    (sample,) = read_vasp(need(ALN / "OUTCAR.JVASP-39"))
+    (sample,) = read_vasp(need(ALN / "OUTCAR.JVASP-39"), fields=FIELDS)
     return sample
 
 
@@ -344,20 +347,20 @@ def test_aln_outcar_tensors_obey_the_crystal_symmetry(aln_outcar):
 
 
 def test_aln_dielectric_components_and_vasprun_agree(aln_outcar):
-    total = read_vasp(ALN / "OUTCAR.JVASP-39", dielectric="total", piezo="electronic")[0].targets
+    total = read_vasp(ALN / "OUTCAR.JVASP-39", fields=FIELDS, dielectric="total", piezo="electronic")[0].targets
     np.testing.assert_allclose(np.diag(total["dielectric"]), [4.37235 + 3.73054, 4.37235 + 3.73052, 4.57297 + 4.97582], atol=1e-4)
     assert total["piezo"][2, 2, 2] == pytest.approx(0.41906, abs=1e-5)
-    (run,) = read_vasp(need(ALN / "vasprun.xml.JVASP-39"))
+    (run,) = read_vasp(need(ALN / "vasprun.xml.JVASP-39"), fields=FIELDS)
     assert set(run.targets) == {"born_charges", "dielectric", "energy", "forces", "stress"}  # ase reads the last three
     np.testing.assert_allclose(run.positions, aln_outcar.positions, atol=1e-5)  # OUTCAR prints 5 decimals
     np.testing.assert_allclose(run.targets["born_charges"], aln_outcar.targets["born_charges"], atol=1e-4)
     np.testing.assert_allclose(run.targets["dielectric"], aln_outcar.targets["dielectric"], atol=1e-4)
-    ionic = read_vasp(ALN / "vasprun.xml.JVASP-39", dielectric="ionic")[0].targets["dielectric"]
+    ionic = read_vasp(ALN / "vasprun.xml.JVASP-39", fields=FIELDS, dielectric="ionic")[0].targets["dielectric"]
     assert ionic[2, 2] == pytest.approx(4.976, abs=1e-3)
 
 
 def test_sno2_compressed_vasprun_keeps_rows_as_field_direction():
-    (s,) = read_vasp(need(SNO2))
+    (s,) = read_vasp(need(SNO2), fields=FIELDS)
     assert s.numbers.tolist() == [50, 50, 8, 8, 8, 8]
     z = s.targets["born_charges"]
     assert (z[0, 0, 1], z[0, 1, 0]) == (pytest.approx(0.47310022), pytest.approx(0.47310060))  # <v> rows as in the file
@@ -365,9 +368,9 @@ def test_sno2_compressed_vasprun_keeps_rows_as_field_direction():
     np.testing.assert_allclose(np.diag(s.targets["dielectric"]), [4.42039, 4.42039, 4.77663], atol=1e-5)
     assert_neumann(s, atol=1e-3)
     with pytest.raises(ValueError, match=r"vasprun.xml holds no piezoelectric tensor"):
-        read_vasp(SNO2, piezo="total")
+        read_vasp(SNO2, fields=FIELDS, piezo="total")
     with pytest.raises(ValueError, match=r"field 'dielectric': the total tensor needs parts .*present: electronic"):
-        read_vasp(SNO2, dielectric="total")
+        read_vasp(SNO2, fields=FIELDS, dielectric="total")
 
 
 def test_truncated_or_label_free_vasp_files(tmp_path):
@@ -375,19 +378,19 @@ def test_truncated_or_label_free_vasp_files(tmp_path):
     truncated = tmp_path / "vasprun.xml"
     truncated.write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match=rf"^{truncated}: cannot be read as a VASP vasprun.xml"):
-        read_vasp(truncated)
+        read_vasp(truncated, fields=FIELDS)
     head = tmp_path / "OUTCAR"
     with open(need(ALN / "OUTCAR.JVASP-39")) as source:
         head.write_text("".join(next(source) for _ in range(1300)))
     with pytest.raises(ValueError, match=rf"^{head}: cannot be read as a VASP OUTCAR \(truncated\?\)"):
-        read_vasp(head)
+        read_vasp(head, fields=FIELDS)
 
 
 # ---- ASE database ----
 
 @pytest.fixture(scope="module")
 def perovskites() -> list[Sample]:
-    return read_asedb(need(ABO3), key_map=ABO3_KEYS, limit=4)
+    return read_asedb(need(ABO3), fields=FIELDS, key_map=ABO3_KEYS, limit=4)
 
 
 def test_abo3_db_labels_and_voigt_conversion(perovskites):
@@ -439,18 +442,18 @@ def test_asedb_selection_and_bad_rows(tmp_path):
     import ase
     import ase.db
 
-    assert {s.num_atoms for s in read_asedb(need(ABO3), selection="natoms=10", limit=2)} == {10}
+    assert {s.num_atoms for s in read_asedb(need(ABO3), fields=FIELDS, selection="natoms=10", limit=2)} == {10}
     path = tmp_path / "bad.db"
     with ase.db.connect(path) as database:
         for k in range(3):
             data = {"eps": np.eye(3) * 2} if k != 1 else {"eps": np.array([[2.0, 0, 0], [0, np.nan, 0], [0, 0, 2]])}
             database.write(ase.Atoms("NaCl", positions=[[0, 0, 0], [2, 2, 2]], cell=4 * np.eye(3), pbc=True), data=data)
     with pytest.raises(ValueError, match=rf"^{path}: structure 1 \(row id 2\), field 'dielectric' \(key 'eps'\): NaN or inf"):
-        read_asedb(path, key_map={"eps": "dielectric"})
+        read_asedb(path, fields=FIELDS, key_map={"eps": "dielectric"})
     garbage = tmp_path / "garbage.db"
     garbage.write_text("not a database")
     with pytest.raises(ValueError, match=rf"^{garbage}: cannot be read as an ASE database"):
-        read_asedb(garbage)
+        read_asedb(garbage, fields=FIELDS)
 
 
 # ---- ETGNN layout: id_prop.csv + structure files ----
@@ -469,7 +472,7 @@ def _etgnn_folder(tmp_path: Path, crystals: list[Sample], suffix: str = ".vasp")
 
 @pytest.mark.parametrize("suffix", [".vasp", ".cif"])
 def test_etgnn_folder_reads_born_charges_in_atom_order(tmp_path, suffix):
-    crystals = read_ase(need(BECS), index=":3")
+    crystals = read_ase(need(BECS), fields=FIELDS, index=":3")
     folder = _etgnn_folder(tmp_path, crystals, suffix)
     assert guess_format(folder) == "etgnn"
     samples = read_structures(folder, field="born_charges")
@@ -488,28 +491,28 @@ def test_etgnn_folder_reads_born_charges_in_atom_order(tmp_path, suffix):
 
 
 def test_etgnn_structure_level_labels_header_and_errors(tmp_path):
-    crystals = read_ase(need(BECS), index=":2")
+    crystals = read_ase(need(BECS), fields=FIELDS, index=":2")
     folder = _etgnn_folder(tmp_path, crystals)
     eps = [c.targets["dielectric"] for c in crystals]
     lines = ["id,e_xx,e_xy,e_xz,e_yx,e_yy,e_yz,e_zx,e_zy,e_zz"]
     lines += [",".join([f"crystal-{k}", *map(str, e.ravel())]) for k, e in enumerate(eps)]
     (folder / "eps.csv").write_text("\n".join(lines) + "\n")
-    samples = read_etgnn(folder / "eps.csv", field="dielectric", file_type="poscar")
+    samples = read_etgnn(folder / "eps.csv", fields=FIELDS, field="dielectric", file_type="poscar")
     np.testing.assert_allclose(samples[1].targets["dielectric"], eps[1])
     table = folder / "id_prop.csv"
     n = crystals[1].num_atoms
     table.write_text(table.read_text().splitlines()[0] + "\n" + "crystal-1," + ",".join(["1.0"] * (9 * n - 1)) + "\n")
     with pytest.raises(ValueError, match=rf"{table}: structure 1 \(row 2, ID 'crystal-1'\), field 'born_charges': "
                                          rf"expected {9 * n} numbers for shape \({n}, 3, 3\), got shape \({9 * n - 1},\)"):
-        read_etgnn(folder, field="born_charges")
+        read_etgnn(folder, fields=FIELDS, field="born_charges")
     table.write_text("crystal-0," + ",".join(["nan"] * (9 * crystals[0].num_atoms)) + "\n")
     with pytest.raises(ValueError, match=r"structure 0 \(row 1, ID 'crystal-0'\), field 'born_charges': NaN or inf at atom 0"):
-        read_etgnn(folder, field="born_charges")
+        read_etgnn(folder, fields=FIELDS, field="born_charges")
     with pytest.raises(ValueError, match=r"the etgnn reader needs field="):
         read_structures(table)
     table.write_text("missing-id,1,2,3\n")
     with pytest.raises(FileNotFoundError, match=r"ID 'missing-id'\): no structure file; expected .*missing-id.vasp or"):
-        read_etgnn(folder, field="dipole")
+        read_etgnn(folder, fields=FIELDS, field="dipole")
 
 
 # ---- bad input shared by every reader ----
@@ -529,35 +532,35 @@ def _deepmd_system(root: Path, frames: int = 2) -> Path:
 
 def test_deepmd_bad_input_names_file_structure_and_field(tmp_path):
     system = _deepmd_system(tmp_path / "sys")
-    assert [float(s.targets["energy"]) for s in read_deepmd(system)] == [0.0, -1.0]
+    assert [float(s.targets["energy"]) for s in read_deepmd(system, fields=FIELDS)] == [0.0, -1.0]
     force = np.zeros((2, 9))
     force[1, 4] = np.nan
     np.save(system / "set.000" / "force.npy", force)
     with pytest.raises(ValueError, match=rf"^{system / 'set.000' / 'force.npy'}: structure 1 \(frame 1 of this set\), "
                                          r"field 'forces': NaN or inf at atom 1"):
-        read_deepmd(system)
+        read_deepmd(system, fields=FIELDS)
     np.save(system / "set.000" / "force.npy", np.zeros((2, 6)))
     with pytest.raises(ValueError, match=r"force.npy: structure 0 .*field 'forces': expected 9 numbers for shape \(3, 3\)"):
-        read_deepmd(system)
+        read_deepmd(system, fields=FIELDS)
     np.save(system / "set.000" / "force.npy", np.zeros((2, 9)))
     coord = system / "set.000" / "coord.npy"
     coord.write_bytes(coord.read_bytes()[:100])
     with pytest.raises(ValueError, match=rf"^{coord}: cannot be read \(truncated"):
-        read_deepmd(system)
+        read_deepmd(system, fields=FIELDS)
     np.save(coord, np.zeros((2, 6)))
     with pytest.raises(ValueError, match=rf"^{coord}: expected shape \(2, 9\) \(frames, values\), got \(2, 6\)"):
-        read_deepmd(system)
+        read_deepmd(system, fields=FIELDS)
     np.save(coord, np.zeros((2, 9)))  # three atoms on one spot
     with pytest.raises(ValueError, match=r"set.000: structure 0 \(frame 0 of this set\): atoms 0 and 1 overlap, 0.000 Å"):
-        read_deepmd(system)
+        read_deepmd(system, fields=FIELDS)
     (system / "type_map.raw").write_text("O\nQq\n")
     with pytest.raises(ValueError, match=r"type_map.raw: unknown element 'Qq'"):
-        read_deepmd(system)
+        read_deepmd(system, fields=FIELDS)
     (system / "type_map.raw").write_text("O\n")
     with pytest.raises(ValueError, match=r"type.raw: types 0..1 but .*type_map.raw names 1 types"):
-        read_deepmd(system)
+        read_deepmd(system, fields=FIELDS)
     with pytest.raises(ValueError, match=r"no DeePMD system found"):
-        read_deepmd(tmp_path / "sys" / "set.000")
+        read_deepmd(tmp_path / "sys" / "set.000", fields=FIELDS)
 
 
 def test_deepmd_label_missing_in_one_system(tmp_path):
@@ -606,13 +609,13 @@ def test_flat_voigt_lists_are_converted_only_when_asked(tmp_path):
     path = tmp_path / "voigt.xyz"
     frame = _xyz().replace('pbc="T T T"', 'pbc="T T T" eps="1 2 3 4 5 6" e="{}"'.format(" ".join(map(str, range(18)))))
     path.write_text(frame)
-    (sample,) = read_ase(path, voigt=["dielectric", "piezo"], key_map={"e": "piezo"})
+    (sample,) = read_ase(path, fields=FIELDS, voigt=["dielectric", "piezo"], key_map={"e": "piezo"})
     np.testing.assert_array_equal(sample.targets["dielectric"], [[1, 6, 5], [6, 2, 4], [5, 4, 3]])
     assert sample.targets["piezo"][0, 0, 2] == 4 and sample.targets["piezo"][2, 0, 1] == 17
-    (strain,) = read_ase(path, voigt={"piezo": "strain"}, key_map={"e": "piezo"}, default_keys=False)
+    (strain,) = read_ase(path, fields=FIELDS, voigt={"piezo": "strain"}, key_map={"e": "piezo"}, default_keys=False)
     assert strain.targets["piezo"][2, 0, 1] == 8.5
     with pytest.raises(ValueError, match=r"field 'dielectric' \(key 'eps'\): expected 9 numbers for shape \(3, 3\)"):
-        read_ase(path)
+        read_ase(path, fields=FIELDS)
 
 
 def test_read_structures_dispatch(tmp_path):

@@ -30,7 +30,10 @@ from tensorframe.io.read import read_structures
 from tensorframe.io.stress import cell_volume, stress_to_virial, virial_to_stress
 from tensorframe.io.vasp import read_vasp
 from tensorframe.io.writers import write_predictions
+from tensorframe.registry import get_registry
 from tensorframe.types import Sample
+
+FIELDS = get_registry().fields  # the field table the readers are given (read_structures passes it)
 
 
 def _datasets() -> Path:
@@ -83,7 +86,7 @@ def test_extxyz_stress_from_ases_calculator_keeps_sign_and_voigt_order(tmp_path)
     path = tmp_path / "calc.xyz"
     ase.io.write(path, atoms, format="extxyz")
     assert 'stress="' in path.read_text()  # ase writes its calculator's stress as 9 numbers
-    (sample,) = read_ase(path)
+    (sample,) = read_ase(path, fields=FIELDS)
     assert sample.targets["stress"].dtype == np.float64
     np.testing.assert_array_equal(sample.targets["stress"], TENSOR)
     assert sample.targets["energy"] == -1.0 and "virial" not in sample.targets
@@ -102,7 +105,7 @@ def test_extxyz_stress_is_one_over_v_de_dstrain_and_negative_under_compression(t
     atoms.get_stress()
     path = tmp_path / "cu.xyz"
     ase.io.write(path, atoms, format="extxyz")
-    (sample,) = read_ase(path)
+    (sample,) = read_ase(path, fields=FIELDS)
     stress = sample.targets["stress"]
 
     def energy(strain: np.ndarray) -> float:
@@ -127,15 +130,15 @@ def test_extxyz_voigt_six_nine_numbers_key_map_and_virial(tmp_path):
     virial = " ".join(map(str, (-TENSOR * 44.85).ravel()))
     path = tmp_path / "ref.xyz"
     path.write_text(xyz_frame(f'REF_stress="{six}" REF_virial="{virial}"') + xyz_frame(f'REF_stress="{nine}" REF_virial="{virial}"'))
-    samples = read_ase(path, key_map={"REF_stress": "stress", "REF_virial": "virial"})
+    samples = read_ase(path, fields=FIELDS, key_map={"REF_stress": "stress", "REF_virial": "virial"})
     for sample in samples:
         np.testing.assert_allclose(sample.targets["stress"], TENSOR, rtol=1e-12)
         np.testing.assert_allclose(sample.targets["virial"], -TENSOR * 44.85, rtol=1e-12)
-    unmapped = read_ase(path, default_keys=False)
+    unmapped = read_ase(path, fields=FIELDS, default_keys=False)
     assert "stress" not in unmapped[0].targets  # REF_stress is no field name
     extxyz_virial = tmp_path / "virial.xyz"
     extxyz_virial.write_text(xyz_frame(f'virial="{virial}"'))
-    np.testing.assert_allclose(read_ase(extxyz_virial)[0].targets["virial"], -TENSOR * 44.85, rtol=1e-12)
+    np.testing.assert_allclose(read_ase(extxyz_virial, fields=FIELDS)[0].targets["virial"], -TENSOR * 44.85, rtol=1e-12)
 
 
 @pytest.mark.parametrize(("unit", "factor"), [("GPa", GPA), ("kBar", GPA / 10), ("kbar", GPA / 10), ("kB", GPA / 10),
@@ -143,17 +146,17 @@ def test_extxyz_voigt_six_nine_numbers_key_map_and_virial(tmp_path):
 def test_stress_units_convert_to_ev_per_cubic_angstrom(tmp_path, unit, factor):
     path = tmp_path / "gpa.xyz"
     path.write_text(xyz_frame('stress="1 0.6 0.5 0.6 2 0.4 0.5 0.4 3"'))
-    (sample,) = read_ase(path, units={"stress": unit})
+    (sample,) = read_ase(path, fields=FIELDS, units={"stress": unit})
     np.testing.assert_allclose(sample.targets["stress"], TENSOR * 1e3 * factor, rtol=1e-9)
     with pytest.raises(ValueError, match=r"field 'stress': unknown unit 'bar'; valid choices: eV/Å\^3, .*GPa, kBar"):
-        read_ase(path, units={"stress": "bar"})
+        read_ase(path, fields=FIELDS, units={"stress": "bar"})
 
 
 def test_stress_on_a_molecule_or_slab_is_a_one_line_error(tmp_path):
     molecule = tmp_path / "molecule.xyz"
     molecule.write_text(xyz_frame('stress="1 0 0 0 1 0 0 0 1"') + xyz_frame('stress="1 0 0 0 1 0 0 0 1"', lattice='pbc="F F F"'))
     with pytest.raises(ValueError) as error:
-        read_ase(molecule)
+        read_ase(molecule, fields=FIELDS)
     one_line_error(error, str(molecule), "structure 1", "field 'stress'", "stress needs a 3D-periodic cell",
                    "pbc=[False, False, False]")
     slab = tmp_path / "slab.xyz"
@@ -165,28 +168,28 @@ def test_stress_on_a_molecule_or_slab_is_a_one_line_error(tmp_path):
     zero_cell = tmp_path / "zero_cell.xyz"  # molecules often carry Lattice="0 0 0 ..." (no pbc): not periodic
     zero_cell.write_text(xyz_frame('stress="1 0 0 0 1 0 0 0 1"', lattice='Lattice="0 0 0 0 0 0 0 0 0"'))
     with pytest.raises(ValueError, match="stress needs a 3D-periodic cell"):
-        read_ase(zero_cell)
+        read_ase(zero_cell, fields=FIELDS)
     virial = tmp_path / "virial.xyz"
     virial.write_text(xyz_frame('virial="1 0 0 0 1 0 0 0 1"', lattice='pbc="F F F"'))
-    assert "virial" in read_ase(virial)[0].targets  # a virial is fine on a molecule
+    assert "virial" in read_ase(virial, fields=FIELDS)[0].targets  # a virial is fine on a molecule
 
 
 def test_stress_of_the_wrong_shape_is_a_one_line_error(tmp_path):
     path = tmp_path / "bad.xyz"
     path.write_text(xyz_frame('REF_stress="1 2 3 4 5 6"') + xyz_frame('REF_stress="1 2 3 4"'))
     with pytest.raises(ValueError) as error:
-        read_ase(path, key_map={"REF_stress": "stress"})
+        read_ase(path, fields=FIELDS, key_map={"REF_stress": "stress"})
     one_line_error(error, str(path), "structure 1", "field 'stress' (key 'REF_stress')",
                    "expected a 3x3 tensor, 9 numbers (row-major) or a Voigt 6-vector (xx yy zz yz xz xy), got shape (4,)")
     special = tmp_path / "special.xyz"  # ase itself takes `stress=` only as 9 numbers
     special.write_text(xyz_frame('stress="1 2 3 4 5 6 7 8 9"') + xyz_frame('stress="1 2 3 4 5 6"'))
     with pytest.raises(ValueError) as error:
-        read_ase(special)
+        read_ase(special, fields=FIELDS)
     one_line_error(error, str(special), "structure 1", "key 'stress'", "needs 9 numbers")
     wrong_virial = tmp_path / "virial.xyz"
     wrong_virial.write_text(xyz_frame('REF_virial="1 2 3 4 5 6"'))
     with pytest.raises(ValueError) as error:
-        read_ase(wrong_virial, key_map={"REF_virial": "virial"})
+        read_ase(wrong_virial, fields=FIELDS, key_map={"REF_virial": "virial"})
     one_line_error(error, str(wrong_virial), "structure 0", "field 'virial'", "expected 9 numbers for shape (3, 3)")
 
 
@@ -229,7 +232,7 @@ OUTCAR = """ vasp.6.4.2 (synthetic OUTCAR: only the lines ase reads)
 def test_vasp_outcar_in_kb_line_becomes_ase_signed_stress(tmp_path):
     path = tmp_path / "OUTCAR"
     path.write_text(OUTCAR)
-    (sample,) = read_vasp(path)
+    (sample,) = read_vasp(path, fields=FIELDS)
     assert set(sample.targets) == {"energy", "forces", "stress"}
     np.testing.assert_allclose(sample.targets["stress"], -TENSOR * 1e4 * KBAR, rtol=1e-12)
     assert -np.trace(sample.targets["stress"]) / 3 / KBAR == pytest.approx(20.0)  # VASP's "external pressure"
@@ -246,23 +249,23 @@ def test_vasp_structure_option_keeps_ground_state_labels_only_for_the_same_confi
     path = tmp_path / "OUTCAR"
     path.write_text(OUTCAR)
     same, moved = tmp_path / "POSCAR", tmp_path / "POSCAR_moved"
-    atoms = read_vasp(path)[0]
+    atoms = read_vasp(path, fields=FIELDS)[0]
     crystal = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
     ase.io.write(same, crystal, format="vasp")
-    (kept,) = read_vasp(path, structure=same)
+    (kept,) = read_vasp(path, fields=FIELDS, structure=same)
     np.testing.assert_array_equal(kept.targets["stress"], atoms.targets["stress"])
     crystal.positions[1] += 0.1
     ase.io.write(moved, crystal, format="vasp")
     with pytest.warns(UserWarning, match=r"not the file's first ionic configuration \(off by 0.1"):
         with pytest.raises(ValueError, match=r"no Born charges, dielectric or piezoelectric tensor, energy, forces or stress"):
-            read_vasp(path, structure=moved)
+            read_vasp(path, fields=FIELDS, structure=moved)
 
 
 def test_vasp_aln_outcar_and_vasprun_stress_signs():
     """Real DFPT output: "in kB -14.79 -14.79 -11.99" and "external pressure = -13.86 kB" (the
     cell pulls inwards: tension), so sigma_xx = +1.479 GPa. vasprun.xml's stress varray has
     VASP's sign too; both files give the same labels."""
-    (outcar,) = read_vasp(need(ALN / "OUTCAR.JVASP-39"))
+    (outcar,) = read_vasp(need(ALN / "OUTCAR.JVASP-39"), fields=FIELDS)
     stress = outcar.targets["stress"]
     np.testing.assert_allclose(np.diag(stress), np.array([14.79381, 14.79382, 11.98776]) * KBAR, rtol=1e-6)
     assert -np.trace(stress) / 3 / KBAR == pytest.approx(-13.86, abs=0.005)
@@ -271,7 +274,7 @@ def test_vasp_aln_outcar_and_vasprun_stress_signs():
     total_ev = -0.39338  # the OUTCAR's "Total" row (eV) of FORCE on cell = the virial W = -V sigma
     assert stress_to_virial(stress, outcar.cell)[0, 0] == pytest.approx(total_ev, abs=2e-5)
     assert outcar.targets["energy"] == pytest.approx(-24.86360178)
-    (run,) = read_vasp(need(ALN / "vasprun.xml.JVASP-39"))
+    (run,) = read_vasp(need(ALN / "vasprun.xml.JVASP-39"), fields=FIELDS)
     assert set(run.targets) == {"born_charges", "dielectric", "energy", "forces", "stress"}
     np.testing.assert_allclose(run.targets["stress"], stress, atol=1e-8)
     np.testing.assert_allclose(run.targets["forces"], outcar.targets["forces"], atol=1e-6)
@@ -287,7 +290,7 @@ def test_vasp_vasprun_stress_varray_sign_and_order(tmp_path):
     rows = "".join(f"   <v> {' '.join(f'{x:.8f}' for x in row)} </v>\n" for row in TENSOR * 1e4)
     path = tmp_path / "vasprun.xml"
     path.write_text(text[:start] + f'<varray name="stress" >\n{rows}  </varray>' + text[end:])
-    (sample,) = read_vasp(path)
+    (sample,) = read_vasp(path, fields=FIELDS)
     np.testing.assert_allclose(sample.targets["stress"], -TENSOR * 1e4 * KBAR, rtol=1e-9)
 
 
@@ -295,7 +298,7 @@ def test_vasp_vasprun_stress_varray_sign_and_order(tmp_path):
 
 def test_deepmd_dplr_water_stress_is_minus_virial_over_volume():
     system = need(DPLR)
-    samples = read_deepmd(system, stress=True)
+    samples = read_deepmd(system, fields=FIELDS, stress=True)
     virial = np.load(system / "set.000" / "virial.npy").astype(np.float64).reshape(-1, 3, 3)
     box = np.load(system / "set.000" / "box.npy").astype(np.float64).reshape(-1, 3, 3)
     assert len(samples) == 30 and {"virial", "stress", "energy", "forces", "atomic_dipole"} == set(samples[0].targets)
@@ -305,17 +308,17 @@ def test_deepmd_dplr_water_stress_is_minus_virial_over_volume():
         np.testing.assert_array_equal(s.targets["virial"], virial[index])
         np.testing.assert_allclose(s.targets["stress"], -virial[index] / abs(np.linalg.det(box[index])), rtol=1e-12)
         np.testing.assert_allclose(virial_to_stress(s.targets["virial"], s.cell), s.targets["stress"], rtol=1e-12)
-    only = read_deepmd(system, key_map={"virial": "stress"})
+    only = read_deepmd(system, fields=FIELDS, key_map={"virial": "stress"})
     assert "virial" not in only[0].targets
     np.testing.assert_array_equal(only[5].targets["stress"], samples[5].targets["stress"])
-    assert "stress" not in read_deepmd(system)[0].targets  # only when asked for
+    assert "stress" not in read_deepmd(system, fields=FIELDS)[0].targets  # only when asked for
 
 
 def test_deepmd_dplr_water_in_expanded_boxes_is_under_tension():
     """128 waters at 1 g/cm^3 fill a 15.64 Å cube. The frames in boxes above 16 Å are
     stretched: their pressure -trace(sigma)/3 is negative in every frame; stress = +virial/V
     (the wrong sign) would put all of them under compression."""
-    samples = read_deepmd(need(DPLR), stress=True)
+    samples = read_deepmd(need(DPLR), fields=FIELDS, stress=True)
     side = np.cbrt(cell_volume(np.array([s.cell for s in samples])))
     pressure = np.array([-np.trace(s.targets["stress"]) / 3 for s in samples]) / GPA
     assert (side > 16).sum() >= 15
@@ -339,20 +342,20 @@ def _nopbc_system(root: Path) -> Path:
 
 def test_deepmd_nopbc_virial_is_never_turned_into_a_stress(tmp_path):
     system = _nopbc_system(tmp_path / "molecule")
-    (first, _) = read_deepmd(system)
+    (first, _) = read_deepmd(system, fields=FIELDS)
     assert "virial" in first.targets and "stress" not in first.targets
     for options in ({"stress": True}, {"key_map": {"virial": "stress"}}):
         with pytest.raises(ValueError) as error:
-            read_deepmd(system, **options)
+            read_deepmd(system, fields=FIELDS, **options)
         one_line_error(error, str(system / "set.000" / "virial.npy"), "structure 0", "field 'stress'",
                        "stress needs a 3D-periodic cell", "not periodic")
     (system / "set.000" / "virial.npy").unlink()
     np.save(system / "set.000" / "box.npy", np.tile(10 * np.eye(3).ravel(), (2, 1)))
     with pytest.raises(ValueError) as error:
-        read_deepmd(system, stress=True, pbc=True)
+        read_deepmd(system, fields=FIELDS, stress=True, pbc=True)
     one_line_error(error, str(system / "set.000"), "structure 0", "field 'stress'", "lacks")
     with pytest.raises(ValueError, match=r"units: 'stress' is derived from virial.npy"):
-        read_deepmd(system, stress=True, units={"stress": "GPa"})
+        read_deepmd(system, fields=FIELDS, stress=True, units={"stress": "GPa"})
 
 
 # ---- ASE database ----
@@ -364,11 +367,11 @@ def test_asedb_stress_column_and_virial_data_round_trip(tmp_path):
             atoms = rock_salt()
             atoms.calc = SinglePointCalculator(atoms, energy=-1.0 - k, stress=VOIGT * (k + 1))
             database.write(atoms, data={"W": stress_to_virial(TENSOR * (k + 1), atoms.cell)})
-    samples = read_asedb(path, key_map={"W": "virial"})
+    samples = read_asedb(path, fields=FIELDS, key_map={"W": "virial"})
     for k, sample in enumerate(samples):
         np.testing.assert_allclose(sample.targets["stress"], TENSOR * (k + 1), rtol=1e-12)
         np.testing.assert_allclose(virial_to_stress(sample.targets["virial"], sample.cell), TENSOR * (k + 1), rtol=1e-12)
-    scaled = read_asedb(path, units={"stress": "GPa"})
+    scaled = read_asedb(path, fields=FIELDS, units={"stress": "GPa"})
     np.testing.assert_allclose(scaled[0].targets["stress"], TENSOR * GPA, rtol=1e-12)
 
 
@@ -381,7 +384,7 @@ def test_asedb_stress_on_a_molecule_row_is_a_one_line_error(tmp_path):
             atoms.calc = SinglePointCalculator(atoms, stress=VOIGT)
             database.write(atoms)
     with pytest.raises(ValueError) as error:
-        read_asedb(path)
+        read_asedb(path, fields=FIELDS)
     one_line_error(error, str(path), "structure 1 (row id 2)", "field 'stress'", "stress needs a 3D-periodic cell")
 
 
@@ -395,7 +398,7 @@ def test_extxyz_predictions_write_stress_as_ases_calculator_property(tmp_path):
     atoms = ase.io.read(path)
     np.testing.assert_allclose(atoms.get_stress(), VOIGT, rtol=1e-12)  # ase reads it as its stress
     np.testing.assert_allclose(atoms.info["virial"], virial, rtol=1e-12)
-    (back,) = read_ase(path)
+    (back,) = read_ase(path, fields=FIELDS)
     np.testing.assert_allclose(back.targets["stress"], TENSOR, rtol=1e-12)
     np.testing.assert_allclose(back.targets["virial"], virial, rtol=1e-12)
     assert back.targets["energy"] == -2.0

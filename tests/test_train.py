@@ -26,6 +26,7 @@ import tensorframe as tf
 from tensorframe.checkpoint import load_checkpoint
 from tensorframe.cli import main
 from tensorframe.fields import FieldSpec
+from tensorframe.io.read import read_structures
 from tensorframe.train import Trainer, TrainingError, parse_train_config
 from tensorframe.train.loss import batch_loss, loss_sum, normalized_error
 
@@ -135,7 +136,7 @@ def test_training_learns_the_teachers_tensors(workdir: Path):
     result = run(make_config(workdir, epochs=40), workdir)
     rows = log_rows(result.output_dir)
     assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[0]["train_loss"])
-    samples = tf.io.read_structures(workdir / "data.xyz", key_map=KEY_MAP)
+    samples = read_structures(workdir / "data.xyz", key_map=KEY_MAP)
     split = json.loads((result.output_dir / "split.json").read_text())
     for name, join in (("born_charges", np.concatenate), ("dielectric", np.stack)):
         train = join([samples[i].targets[name] for i in split["train"]])
@@ -230,7 +231,7 @@ def test_normalization_is_fit_on_the_training_split(workdir: Path):
                          epochs=1, optimizer={"lr": 1e-9})
     result = run(config, workdir)
     scaling = tf.load_model(result.output_dir / "last.pt").scaling
-    samples = tf.io.read_structures(workdir / "data.xyz", key_map=KEY_MAP)
+    samples = read_structures(workdir / "data.xyz", key_map=KEY_MAP)
     train = [samples[i] for i in json.loads((result.output_dir / "split.json").read_text())["train"]]
 
     eps = np.stack([s.targets["dielectric"] for s in train])
@@ -267,7 +268,7 @@ def test_positive_definite_dielectric_is_scaled_around_the_identity(workdir: Pat
     model["heads"] = [{"name": "dielectric", "hidden": 16, "positive_definite": True}]
     result = run(make_config(workdir, model=model, targets={"dielectric": 1.0}, epochs=1), workdir)
     scaling = tf.load_model(result.output_dir / "last.pt").scaling["dielectric"]
-    samples = tf.io.read_structures(workdir / "data.xyz", key_map=KEY_MAP)
+    samples = read_structures(workdir / "data.xyz", key_map=KEY_MAP)
     train = json.loads((result.output_dir / "split.json").read_text())["train"]
     eps = np.stack([samples[i].targets["dielectric"] for i in train])
     assert float(scaling.shift) == 0.0
@@ -339,7 +340,7 @@ def test_run_directory_holds_logs_checkpoints_and_metrics(workdir: Path):
     assert (len(split["train"]), len(split["valid"]), len(split["test"])) == (12, 4, 4)
     # best.pt is a model a user can load and use (weights_only loading).
     model = tf.load_model(out / "best.pt")
-    samples = tf.io.read_structures(workdir / "data.xyz", key_map=KEY_MAP)
+    samples = read_structures(workdir / "data.xyz", key_map=KEY_MAP)
     test_mae = np.mean([np.abs(model.predict([samples[i]])[0]["dielectric"] - samples[i].targets["dielectric"]).mean()
                         for i in split["test"]])
     assert metrics["test"]["mae_dielectric"] == pytest.approx(test_mae, rel=1e-5)
@@ -601,7 +602,7 @@ def test_trains_on_real_born_charges_and_dielectric(tmp_path: Path):
     code, err = cli("train", str(write_config(tmp_path, config)))
     assert code == 0, err
     best = tf.load_model(tmp_path / "run" / "best.pt")
-    samples = tf.io.read_structures(BECS_EPS, key_map={"becs": "born_charges", "eps": "dielectric"}, index=":3")
+    samples = read_structures(BECS_EPS, key_map={"becs": "born_charges", "eps": "dielectric"}, index=":3")
     for prediction in best.predict(samples):
         assert np.abs(prediction["born_charges"].sum(0)).max() < 1e-4
         assert np.linalg.eigvalsh(prediction["dielectric"]).min() >= 1 - 1e-5

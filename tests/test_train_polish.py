@@ -68,7 +68,7 @@ def test_parity_plot_draws_a_panel_per_independent_component_and_clips_the_outli
     predicted[7, 4] = 1e6  # yy of one structure
     pairs = FieldPairs("dielectric", "structure", "", 2, predicted, target, 30)
     path = tmp_path / "parity_dielectric.png"
-    panels = parity_plot(pairs, path)  # symmetry from the registered field: ij=ji
+    panels = parity_plot(pairs, path, fields=tf.get_registry().fields)  # symmetry from the field table: ij=ji
     assert [p.component for p in panels] == ["xx", "xy", "xz", "yy", "yz", "zz"]
     yy = panels[3]
     assert yy.clipped == 1 and yy.limits[1] < 10 and yy.mae > 1e4

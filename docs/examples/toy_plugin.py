@@ -5,6 +5,8 @@ tests/test_plugins.py installs this very file as a throwaway distribution ``tens
 ``tensorframe plugins`` lists it and that ``build_model`` uses it.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -59,9 +61,9 @@ class ToyMomentHead(Head):
     Shapes: -> (B, 3)
     """
 
-    def __init__(self, config: ToyHeadConfig, dims: FeatureDims) -> None:
+    def __init__(self, config: ToyHeadConfig, dims: FeatureDims, fields: Mapping[str, FieldSpec]) -> None:
         super().__init__()
-        self.field = TOY_FIELD
+        self.field = fields["toy_moment"]  # the field table of the registry the model is built from
         self.coefficients = nn.Sequential(nn.Linear(dims.edge, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 1))
 
     def forward(self, graph: Graph, features: InvariantFeatures) -> torch.Tensor:

@@ -13,6 +13,7 @@ from tensorframe.commands.options import (
     parse_key_map,
     positive_int,
 )
+from tensorframe.registry import get_registry
 
 DESCRIPTION = """\
 Compare a trained model's predictions with the labels in DATA files: MAE and RMSE per field
@@ -44,8 +45,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     key_map = parse_key_map(args.key_map)  # checked before anything is loaded
     device = check_device(args.device)
     apply_graph_memory(args.graph_memory)
-    model = load_model(args.checkpoint, map_location=device)
-    samples, sources = read_inputs(args.data, args.format, **({"key_map": key_map} if key_map else {}))
+    registry = get_registry()
+    model = load_model(args.checkpoint, map_location=device, registry=registry)
+    samples, sources = read_inputs(args.data, args.format, registry, **({"key_map": key_map} if key_map else {}))
     result = write_report(model, samples, args.outdir, batch_size=args.batch_size, names=structure_names(sources))
     if not result["fields"]:
         raise ValueError(

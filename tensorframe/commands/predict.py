@@ -17,6 +17,7 @@ from tensorframe.commands.options import (
     positive_float,
     positive_int,
 )
+from tensorframe.registry import Registry, get_registry
 from tensorframe.types import Sample
 
 BORN_FIELDS = ("born_charges", "dielectric")
@@ -45,8 +46,10 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_predict)
 
 
-def read_inputs(paths: list[str], format: str | None = None, **options: Any) -> tuple[list[Sample], list[str]]:
-    """Samples of every file, and a ``file:index`` source for each.
+def read_inputs(paths: list[str], format: str | None = None, registry: Registry | None = None,
+                **options: Any) -> tuple[list[Sample], list[str]]:
+    """Samples of every file, and a ``file:index`` source for each, read with the readers and
+    fields of ``registry`` (default: the installed plugins).
 
     Raises:
         ValueError: naming the file, for a missing file or one its reader cannot read.
@@ -58,7 +61,7 @@ def read_inputs(paths: list[str], format: str | None = None, **options: Any) -> 
         if not Path(path).exists():
             raise ValueError(f"{path}: no such input file")
         try:
-            found = read_structures(path, format=format, **options)
+            found = read_structures(path, format=format, registry=registry, **options)
         except Exception as error:  # noqa: BLE001 - readers raise many kinds; name the file once
             message = str(error)
             raise ValueError(message if str(path) in message else f"{path}: {message}") from error
@@ -80,7 +83,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("nothing to write: give -o OUT and/or --born-file BORN")
     device = check_device(args.device)
     apply_graph_memory(args.graph_memory)
-    model = load_model(args.checkpoint, map_location=device)
+    registry = get_registry()
+    model = load_model(args.checkpoint, map_location=device, registry=registry)
     fields = model.fields
     if args.born_file is not None:
         missing = [name for name in BORN_FIELDS if name not in fields]
@@ -89,12 +93,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"{args.checkpoint}: --born-file needs a model predicting born_charges and dielectric; "
                 f"it has no {' and no '.join(repr(m) for m in missing)} head (it predicts: {', '.join(fields)})"
             )
-    samples, sources = read_inputs(args.inputs, args.format)
+    samples, sources = read_inputs(args.inputs, args.format, registry)
     if args.born_file is not None and len(samples) != 1:
         raise ValueError(f"--born-file: a BORN file describes one crystal, but the inputs hold {len(samples)} structures")
     predictions = model.predict(samples, batch_size=args.batch_size, names=structure_names(sources))
     if args.output is not None:
-        written = write_predictions(args.output, samples, predictions, {n: f.level for n, f in fields.items()}, sources)
+        levels = {name: spec.level for name, spec in {**registry.fields, **fields}.items()}  # labels, predictions
+        written = write_predictions(args.output, samples, predictions, levels, sources)
         print(f"wrote {len(samples)} structure(s) with {', '.join(fields)} to {args.output} ({written})")
     if args.born_file is not None:
         prediction = predictions[0]

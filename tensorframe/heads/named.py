@@ -19,14 +19,20 @@ from typing import Literal
 
 from pydantic import PositiveInt
 
+from tensorframe.fields import FieldSpec
 from tensorframe.heads.tensor import Basis, CartesianTensorHead, select_words
 from tensorframe.ops.basis import WordSet, complete_words
-from tensorframe.registry import get_registry
-from tensorframe.specs import FeatureDims, PluginConfig
+from tensorframe.specs import FeatureDims, FieldTable, PluginConfig
 
 
-def _field(name: str):
-    return get_registry().get("field", name)
+def _field(fields: FieldTable, name: str) -> FieldSpec:
+    """The spec of ``name`` in the field table; a ValueError listing the table when absent."""
+    try:
+        return fields[name]
+    except KeyError:
+        raise ValueError(
+            f"field {name!r} is not registered (registered fields: {', '.join(sorted(fields)) or 'none'})"
+        ) from None
 
 
 class NamedHeadConfig(PluginConfig):
@@ -83,53 +89,59 @@ PAPER_WORDS = {
 }
 
 
-def named_words(field_name: str, basis: Basis) -> WordSet:
+def named_words(field: FieldSpec, basis: Basis) -> WordSet:
     """The words of a named head: the paper's, completed unless ``basis == "paper"``.
     Edge-only heads (forces, dielectric) stay edge-only. Fields the paper has no head for
     (dipole, polarizability, hyperpolarizability) take the general tensor head's words."""
-    if field_name not in PAPER_WORDS:
-        field = _field(field_name)
+    if field.name not in PAPER_WORDS:
         return select_words(field.symmetry, field.parity, basis)
-    paper = PAPER_WORDS[field_name]
+    paper = PAPER_WORDS[field.name]
     if basis == "paper":
         return paper
-    field = _field(field_name)
     return complete_words(field.symmetry, field.parity, paper, use_triplets=bool(paper.triplet))
 
 
-def _build(field_name: str, config: NamedHeadConfig, dims: FeatureDims, **options) -> CartesianTensorHead:
-    words = named_words(field_name, config.basis)
+def _build(field_name: str, config: NamedHeadConfig, dims: FeatureDims, fields: FieldTable,
+           **options) -> CartesianTensorHead:
+    """The head predicting ``fields[field_name]`` with its named words; ``options`` go to
+    :class:`CartesianTensorHead`."""
+    field = _field(fields, field_name)
+    words = named_words(field, config.basis)
     return CartesianTensorHead(
-        _field(field_name), dims, words.edge, words.triplet, hidden=config.hidden, atom_words=words.atom, **options
+        field, dims, words.edge, words.triplet, hidden=config.hidden, atom_words=words.atom, **options
     )
 
 
-def build_force_head(config: ForceHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    return _build("forces", config, dims)
+def build_force_head(config: ForceHeadConfig, dims: FeatureDims, fields: FieldTable) -> CartesianTensorHead:
+    return _build("forces", config, dims, fields)
 
 
-def build_born_head(config: BornHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    return _build("born_charges", config, dims, subtract_structure_mean=config.acoustic_sum_rule,
+def build_born_head(config: BornHeadConfig, dims: FeatureDims, fields: FieldTable) -> CartesianTensorHead:
+    return _build("born_charges", config, dims, fields, subtract_structure_mean=config.acoustic_sum_rule,
                   mean_over=config.sum_rule_over)
 
 
-def build_dielectric_head(config: DielectricHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
+def build_dielectric_head(config: DielectricHeadConfig, dims: FeatureDims, fields: FieldTable) -> CartesianTensorHead:
     return _build(
-        "dielectric", config, dims, nonnegative=config.positive_definite, add_identity=config.positive_definite
+        "dielectric", config, dims, fields, nonnegative=config.positive_definite, add_identity=config.positive_definite
     )
 
 
-def build_piezo_head(config: PiezoHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    return _build("piezo", config, dims)
+def build_piezo_head(config: PiezoHeadConfig, dims: FeatureDims, fields: FieldTable) -> CartesianTensorHead:
+    return _build("piezo", config, dims, fields)
 
 
-def build_dipole_head(config: DipoleHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    return _build("dipole", config, dims, charge_flow=config.charge_flow)
+def build_dipole_head(config: DipoleHeadConfig, dims: FeatureDims, fields: FieldTable) -> CartesianTensorHead:
+    return _build("dipole", config, dims, fields, charge_flow=config.charge_flow)
 
 
-def build_polarizability_head(config: PolarizabilityHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    return _build("polarizability", config, dims, charge_flow=config.charge_flow)
+def build_polarizability_head(
+    config: PolarizabilityHeadConfig, dims: FeatureDims, fields: FieldTable
+) -> CartesianTensorHead:
+    return _build("polarizability", config, dims, fields, charge_flow=config.charge_flow)
 
 
-def build_hyperpolarizability_head(config: HyperpolarizabilityHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    return _build("hyperpolarizability", config, dims)
+def build_hyperpolarizability_head(
+    config: HyperpolarizabilityHeadConfig, dims: FeatureDims, fields: FieldTable
+) -> CartesianTensorHead:
+    return _build("hyperpolarizability", config, dims, fields)

@@ -7,10 +7,10 @@ from typing import Literal
 import torch
 from pydantic import PositiveInt
 
-from tensorframe.fields import FieldSpec
+from tensorframe.fields import FieldSpec, builtin_field
 from tensorframe.heads.base import Head, coefficient_mlp
 from tensorframe.ops.scatter import scatter_mean, scatter_sum
-from tensorframe.specs import FeatureDims, PluginConfig
+from tensorframe.specs import FeatureDims, FieldTable, PluginConfig
 from tensorframe.types import Graph, InvariantFeatures
 
 
@@ -49,10 +49,9 @@ class ScalarHead(Head):
         return reduce(atomic, graph.batch, graph.num_structures)
 
 
-def build_scalar_head(config: ScalarHeadConfig, dims: FeatureDims) -> ScalarHead:
-    from tensorframe.registry import get_registry
-
-    known = get_registry().items["field"].get(config.field)
+def build_scalar_head(config: ScalarHeadConfig, dims: FeatureDims, fields: FieldTable) -> ScalarHead:
+    """The ``scalar`` head; unset options come from ``fields[config.field]`` when registered."""
+    known = fields.get(config.field)
     if known is not None and known.symmetry:
         raise ValueError(f"field {config.field!r} is a rank-{known.rank} tensor; use the tensor head for it")
     level = config.level or (known.level if known else "structure")
@@ -70,7 +69,7 @@ class EnergyHeadConfig(PluginConfig):
     hidden: PositiveInt = 64
 
 
-def build_energy_head(config: EnergyHeadConfig, dims: FeatureDims) -> ScalarHead:
-    from tensorframe.fields import builtin_field
-
+def build_energy_head(config: EnergyHeadConfig, dims: FeatureDims, fields: FieldTable) -> ScalarHead:
+    """The ``energy`` head: always the built-in ``energy`` field (eV, summed in float64);
+    ``fields`` is not consulted."""
     return ScalarHead(builtin_field("energy"), dims, hidden=config.hidden)

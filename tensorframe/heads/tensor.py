@@ -42,7 +42,7 @@ from tensorframe.ops.basis import (
 from tensorframe.ops.fragments import connected_components
 from tensorframe.ops.scatter import scatter_mean, scatter_sum
 from tensorframe.ops.symmetry import formula_rank, subspace_dim, symmetric_projector
-from tensorframe.specs import FeatureDims, PluginConfig
+from tensorframe.specs import FeatureDims, FieldTable, PluginConfig
 from tensorframe.types import Graph, InvariantFeatures
 
 Basis = Literal["complete", "paper"]
@@ -397,17 +397,16 @@ def basis_span_rank(formula: str, words: WordSet) -> int:
     return int(torch.linalg.matrix_rank(stacked, atol=1e-8).item())
 
 
-def build_tensor_head(config: TensorHeadConfig, dims: FeatureDims) -> CartesianTensorHead:
-    """The ``tensor`` head from its config, filling unset options from the field registry."""
-    from tensorframe.registry import get_registry
-
-    known = get_registry().items["field"].get(config.field)
+def build_tensor_head(config: TensorHeadConfig, dims: FeatureDims, fields: FieldTable) -> CartesianTensorHead:
+    """The ``tensor`` head from its config, filling unset options from ``fields[config.field]``
+    (the field table of the registry the model is built from) when that field is registered."""
+    known = fields.get(config.field)
     symmetry = config.symmetry or (known.symmetry if known else None)
     level = config.level or (known.level if known else None)
     if symmetry is None or level is None:
         raise ValueError(
             f"field {config.field!r} is not a registered field; give symmetry and level "
-            f"(registered fields: {', '.join(get_registry().names('field'))})"
+            f"(registered fields: {', '.join(sorted(fields))})"
         )
     rank = formula_rank(symmetry)
     parity = config.parity or (known.parity if known and known.symmetry == symmetry else (-1) ** rank)

@@ -46,6 +46,7 @@ from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import DEFAULT_KEY_MAP, LabelError, check_units, collect_labels, voigt_kinds
 from tensorframe.io.prescan import XyzFrame, check_poscar_scale, open_binary, scan_xyz
 from tensorframe.io.stress import check_stress_cell
+from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 
 # ase's message for a `stress=` / `virial=` / `Lattice=` value that is not 9 numbers
@@ -61,10 +62,14 @@ def read_ase(
     units: dict[str, str] | None = None,
     voigt: list[str] | dict[str, str] | None = None,
     min_distance: float = MIN_DISTANCE,
+    *,
+    fields: FieldTable,
 ) -> list[Sample]:
     """Every structure in ``path`` (``index`` selects frames the way ``ase.io.read`` does).
 
     Args:
+        fields: the field table (:attr:`Registry.fields <tensorframe.registry.Registry.fields>`):
+            file keys are read as the fields named there.
         key_map: file key -> field name; wins over the default keys for the fields it names.
         default_keys: also map the common keys of :data:`DEFAULT_KEY_MAP`.
         units: {field: unit of the file}, converted to tensorframe's units.
@@ -83,11 +88,8 @@ def read_ase(
             (``field 'cell'``), a partially occupied site, unknown elements, overlapping
             atoms and whatever ase complains about likewise.
     """
-    import ase.io
+    import ase.io  # lazy: heavy, kept out of `import tensorframe`
 
-    from tensorframe.registry import get_registry
-
-    fields = get_registry().items["field"]
     key_map = merged_key_map(key_map, default_keys)
     scales = check_units(units)
     kinds = voigt_kinds(voigt)
@@ -119,7 +121,7 @@ def read_ase(
 
 def guess_ase_format(path: str | Path) -> str | None:
     """ase's name for the format of ``path`` (from its name and first bytes), or None."""
-    from ase.io.formats import filetype
+    from ase.io.formats import filetype  # lazy: heavy, kept out of `import tensorframe`
 
     try:
         return filetype(str(path))
@@ -164,7 +166,7 @@ def _check_ordered(atoms: Any, path: str | Path, ase_format: str | None, frame: 
 
 def _cif_site_labels(path: str | Path, frame: int | str) -> list[str] | None:
     """The ``_atom_site_label`` column of the ``frame``-th data block with atoms, if any."""
-    from ase.io.cif import parse_cif
+    from ase.io.cif import parse_cif  # lazy: heavy, kept out of `import tensorframe`
 
     try:
         blocks = [block for block in parse_cif(str(path)) if block.has_structure()]
@@ -220,7 +222,7 @@ def merged_key_map(key_map: dict[str, str] | None, default_keys: bool = True) ->
 def _frame_numbers(index: str, num_frames: int | None = None) -> Callable[[int], int | str]:
     """Position in the selection -> frame number in the file, where the index (or the
     number of frames in the file, when known) tells it."""
-    from ase.io.formats import string2index
+    from ase.io.formats import string2index  # lazy: heavy, kept out of `import tensorframe`
 
     selection = string2index(index) if isinstance(index, str) else index
     if num_frames is not None:

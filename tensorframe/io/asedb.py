@@ -32,6 +32,7 @@ from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, describe_exce
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import check_units, collect_labels, voigt_kinds
 from tensorframe.io.stress import check_stress_cell
+from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 
 
@@ -43,10 +44,14 @@ def read_asedb(
     units: dict[str, str] | None = None,
     voigt: list[str] | dict[str, str] | None = None,
     min_distance: float = MIN_DISTANCE,
+    *,
+    fields: FieldTable,
 ) -> list[Sample]:
     """The rows of an ASE database, in id order.
 
     Args:
+        fields: the field table (:attr:`Registry.fields <tensorframe.registry.Registry.fields>`):
+            data keys are read as the fields named there.
         key_map: {data or key-value key: field}.
         selection: an ``ase.db`` query (``"id<=10"``, ``"natoms=5"``, ``"Gap>1"``); None: all rows.
         limit: read at most this many rows.
@@ -61,14 +66,11 @@ def read_asedb(
             bad labels (wrong size, NaN, missing in some rows, a stress on a row not periodic
             in 3D), unknown elements, overlaps.
     """
-    import ase.db
-
-    from tensorframe.registry import get_registry
+    import ase.db  # lazy: heavy, kept out of `import tensorframe`
 
     path = Path(path)
     if not path.exists():
         raise not_found(path)
-    fields = get_registry().items["field"]
     key_map = dict(key_map or {})
     scales = check_units(units)
     kinds = voigt_kinds(voigt)

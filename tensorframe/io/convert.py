@@ -49,7 +49,7 @@ def _convert(structure: Any, index: int | None) -> Sample:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from pymatgen.core import Molecule, Structure
+        from pymatgen.core import Molecule, Structure  # lazy: heavy, kept out of `import tensorframe`
 
         if isinstance(structure, Structure):
             cell = np.asarray(structure.lattice.matrix, dtype=np.float64)

@@ -35,6 +35,7 @@ import numpy as np
 from tensorframe.io.checks import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import check_units, label_array, voigt_kinds
+from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 
 EXTENSIONS = {"poscar": (".vasp",), "cif": (".cif",), None: (".vasp", ".cif")}
@@ -48,10 +49,14 @@ def read_etgnn(
     units: dict[str, str] | None = None,
     voigt: list[str] | dict[str, str] | None = None,
     min_distance: float = MIN_DISTANCE,
+    *,
+    fields: FieldTable,
 ) -> list[Sample]:
     """One Sample per CSV row, labelled with ``field``.
 
     Args:
+        fields: the field table (:attr:`Registry.fields <tensorframe.registry.Registry.fields>`)
+            ``field`` is looked up in.
         field: the registered field the CSV values are (``"born_charges"``, ``"dielectric"``, ...).
         structures: folder of ``<ID>.vasp`` / ``<ID>.cif`` files (default: the CSV's folder).
         file_type: ``"poscar"`` or ``"cif"`` (ETGNN's option), or None for either.
@@ -63,8 +68,6 @@ def read_etgnn(
         ValueError: naming the CSV, the row (structure index) and ID, and the field:
             non-numeric values, a wrong count for the structure's atoms, NaN, bad structures.
     """
-    from tensorframe.registry import get_registry
-
     table = Path(path)
     if table.is_dir():
         table = table / "id_prop.csv"
@@ -73,7 +76,6 @@ def read_etgnn(
     folder = Path(structures) if structures is not None else table.parent
     if file_type not in EXTENSIONS:
         raise ValueError(f"file_type: expected 'poscar' or 'cif', got {file_type!r}")
-    fields = get_registry().items["field"]
     if field is None:
         raise ValueError(
             f"{table}: the etgnn reader needs field= (the field the CSV values are, e.g. 'born_charges' with "
@@ -138,7 +140,7 @@ def _structure_file(folder: Path, identifier: str, file_type: str | None, where:
 
 
 def _read_structure(file: Path):
-    from pymatgen.core import Structure
+    from pymatgen.core import Structure  # lazy: heavy, kept out of `import tensorframe`
 
     try:
         return Structure.from_file(str(file))

@@ -55,6 +55,7 @@ from tensorframe.fields import FieldSpec
 from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, describe_exception, not_found, structure_sample
 from tensorframe.io.labels import check_units, label_array
 from tensorframe.io.stress import not_periodic, virial_to_stress
+from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 
 # file stem -> field; global and atomic variants told apart by width (see module docstring)
@@ -88,10 +89,14 @@ def read_deepmd(
     units: dict[str, str] | None = None,
     min_distance: float = MIN_DISTANCE,
     stress: bool = False,
+    *,
+    fields: FieldTable,
 ) -> list[Sample]:
     """Every frame of every system under ``path``.
 
     Args:
+        fields: the field table (:attr:`Registry.fields <tensorframe.registry.Registry.fields>`):
+            label files are read as the fields named there.
         type_map: element symbol per type, for systems without ``type_map.raw``.
         sel_type: elements that carry the atomic labels (old layout only; else inferred).
         key_map: extra {file stem: field} for other label files.
@@ -108,8 +113,6 @@ def read_deepmd(
             unreadable or wrongly shaped arrays, unknown elements, NaN labels, overlapping atoms,
             a stress asked for on a non-periodic system or a set without virial.npy.
     """
-    from tensorframe.registry import get_registry
-
     root = Path(path)
     if not root.exists():
         raise not_found(root)
@@ -117,7 +120,6 @@ def read_deepmd(
     if not systems:
         raise ValueError(f"{root}: no DeePMD system found (a directory with type.raw and set.*/coord.npy)")
     files = {**DEFAULT_FILES, **(key_map or {})}
-    fields = get_registry().items["field"]
     unknown = sorted(set(files.values()) - set(fields))
     if unknown:
         raise ValueError(f"key_map: unknown field(s) {unknown}; valid choices: {', '.join(sorted(fields))}")

@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from tensorframe.io.checks import not_found
+from tensorframe.io.writers import crystal_symmetry
+from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 
 
 def read_matten_nmr(
     path: str | Path, limit: int | None = None, fill_equivalent: bool = True, symprec: float = 1e-3,
-    drop_unfilled: bool = True,
+    drop_unfilled: bool = True, *, fields: FieldTable | None = None,
 ) -> list[Sample]:
     """Structures of the matten NMR JSON with ``nmr_shielding`` labels.
 
@@ -33,15 +35,15 @@ def read_matten_nmr(
         limit: read at most this many structures (in key order).
         fill_equivalent: give symmetry-equivalent atoms their tensors (module docstring).
         drop_unfilled: skip structures where an atom of a labelled element stays unlabelled.
+        fields: the field table the reader contract passes; not consulted (the labels are
+            always the built-in ``nmr_shielding``).
 
     Shapes: each Sample's targets["nmr_shielding"] is (N, 3, 3).
 
     Raises:
         FileNotFoundError: no such file. ValueError: a structure whose tensors do not match its selector.
     """
-    from pymatgen.core import Structure
-
-    from tensorframe.io.writers import crystal_symmetry
+    from pymatgen.core import Structure  # lazy: heavy, kept out of `import tensorframe`
 
     path = Path(path)
     if not path.is_file():

@@ -14,24 +14,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tensorframe.registry import get_registry
+from tensorframe.registry import Registry, get_registry
 from tensorframe.types import Sample
 
 _COMPRESSED = (".gz", ".bz2", ".xz")
 
 
-def read_structures(path: str | Path, format: str | None = None, **options: Any) -> list[Sample]:
+def read_structures(path: str | Path, format: str | None = None, registry: Registry | None = None,
+                    **options: Any) -> list[Sample]:
     """Samples from ``path`` with the reader named ``format``; without one, the reader that
-    :func:`guess_format` picks. ``options`` go to the reader."""
-    registry = get_registry()
-    name = format if format is not None else guess_format(path)
-    return registry.get("reader", name).read(path, **options)
+    :func:`guess_format` picks. ``options`` go to the reader, with ``fields``: the field table
+    of ``registry`` (default: the installed plugins, :func:`~tensorframe.registry.get_registry`)."""
+    registry = registry or get_registry()
+    name = format if format is not None else guess_format(path, registry)
+    return registry.get("reader", name).read(path, fields=registry.fields, **options)
 
 
-def guess_format(path: str | Path) -> str:
+def guess_format(path: str | Path, registry: Registry | None = None) -> str:
     """The reader for ``path``: a DeePMD system or an ETGNN folder for a directory, ``vasp``
     for names with OUTCAR or vasprun, else the first reader (by name) whose extensions match
-    the name without a compression suffix, else ``ase``.
+    the name without a compression suffix, else ``ase``. Readers are those of ``registry``
+    (default: the installed plugins).
 
     Raises:
         FileNotFoundError: a directory or file that does not exist.
@@ -53,7 +56,7 @@ def guess_format(path: str | Path) -> str:
     for suffix in _COMPRESSED:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    registry = get_registry()
+    registry = registry or get_registry()
     for reader in registry.names("reader"):
         if registry.items["reader"][reader].matches(name):
             return reader

@@ -48,10 +48,12 @@ from typing import Literal
 
 import numpy as np
 
+from tensorframe.io.ase_reader import guess_ase_format, prescan
 from tensorframe.io.checks import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import label_array
 from tensorframe.io.stress import require_periodic
+from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 
 Component = Literal["electronic", "ionic", "total"]
@@ -77,11 +79,15 @@ def read_vasp(
     piezo: Component | None = None,
     structure: str | Path | None = None,
     min_distance: float = MIN_DISTANCE,
+    *,
+    fields: FieldTable,
 ) -> list[Sample]:
     """One Sample with the Born charges, dielectric and piezo tensors, energy, forces and
     stress of a VASP run (those the file holds).
 
     Args:
+        fields: the field table (:attr:`Registry.fields <tensorframe.registry.Registry.fields>`)
+            holding the specs of the labels read.
         dielectric: which dielectric tensor goes to ``dielectric`` (default electronic).
         piezo: which piezo tensor goes to ``piezo`` (default total, where the file has it).
         structure: a POSCAR/CONTCAR to take the structure from instead of the file itself.
@@ -113,7 +119,7 @@ def read_vasp(
         atoms = _read_structure_file(Path(structure))
     sample = structure_sample(lambda: to_sample(atoms), where, min_distance)
     ground = _ground_state(step, sample, where, same=atoms is step)
-    return [sample.with_targets(_labels(parts, ground, dielectric, piezo, sample, where, path))]
+    return [sample.with_targets(_labels(parts, ground, dielectric, piezo, sample, where, path, fields))]
 
 
 def _read_structure_file(structure: Path) -> object:
@@ -123,9 +129,7 @@ def _read_structure_file(structure: Path) -> object:
         FileNotFoundError: no such file.
         ValueError: one line naming the file and what ase complained about.
     """
-    import ase.io
-
-    from tensorframe.io.ase_reader import guess_ase_format, prescan
+    import ase.io  # lazy: heavy, kept out of `import tensorframe`
 
     if not structure.exists():
         raise not_found(structure)
@@ -143,17 +147,17 @@ def _is_vasprun(path: Path) -> bool:
         return True
     if "outcar" in name:
         return False
-    from monty.io import zopen
+    from monty.io import zopen  # lazy: heavy, kept out of `import tensorframe`
 
     with zopen(str(path), "rt") as handle:
         return handle.read(200).lstrip().startswith("<?xml")
 
 
 def _read_outcar(path: Path) -> tuple[object, dict[str, np.ndarray]]:
-    import ase.io
-    from monty.io import zopen
-    from pymatgen.analysis.piezo import PiezoTensor
-    from pymatgen.io.vasp.outputs import Outcar
+    import ase.io  # lazy: heavy, kept out of `import tensorframe`
+    from monty.io import zopen  # lazy: heavy, kept out of `import tensorframe`
+    from pymatgen.analysis.piezo import PiezoTensor  # lazy: heavy, kept out of `import tensorframe`
+    from pymatgen.io.vasp.outputs import Outcar  # lazy: heavy, kept out of `import tensorframe`
 
     try:
         with zopen(str(path), "rt") as handle:
@@ -225,8 +229,8 @@ def _initial_configuration(text: str, num_atoms: int) -> tuple[np.ndarray, np.nd
 def _read_vasprun(path: Path) -> tuple[object, dict[str, np.ndarray], object]:
     """The initial structure (pymatgen), the linear-response parts, and ase's Atoms of the
     first ionic step (with its calculator results)."""
-    import ase.io
-    from pymatgen.io.vasp.outputs import Vasprun
+    import ase.io  # lazy: heavy, kept out of `import tensorframe`
+    from pymatgen.io.vasp.outputs import Vasprun  # lazy: heavy, kept out of `import tensorframe`
 
     try:
         with warnings.catch_warnings():
@@ -251,7 +255,7 @@ def _vasprun_born_charges(path: Path) -> np.ndarray | None:
     """The ``<array name="born_charges">`` block: one ``<set>`` of three ``<v>`` rows per ion."""
     import xml.etree.ElementTree as ElementTree
 
-    from monty.io import zopen
+    from monty.io import zopen  # lazy: heavy, kept out of `import tensorframe`
 
     with zopen(str(path), "rb") as handle:
         for _, element in ElementTree.iterparse(handle, events=("end",)):
@@ -292,10 +296,7 @@ def _distance(a: Sample, b: Sample) -> float:
 
 
 def _labels(parts: dict[str, np.ndarray], ground: dict[str, np.ndarray], dielectric: str | None, piezo: str | None,
-            sample: Sample, where: str, path: Path) -> dict[str, np.ndarray]:
-    from tensorframe.registry import get_registry
-
-    fields = get_registry().items["field"]
+            sample: Sample, where: str, path: Path, fields: FieldTable) -> dict[str, np.ndarray]:
     num_atoms = sample.num_atoms
     labels: dict[str, np.ndarray] = {}
     if "born" in parts:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tensorframe.fields import BUILTIN_FIELDS
 from tensorframe.types import Sample
 
 Prediction = Mapping[str, np.ndarray]
@@ -63,8 +64,9 @@ def write_predictions_extxyz(
 ) -> None:
     """One frame per structure; atom-level fields as flattened columns, structure-level in ``info``.
 
-    ``levels`` gives ``"atom"`` or ``"structure"`` per field (a model's ``fields``); fields
-    not in it are looked up in the field registry. Each structure's input labels
+    ``levels`` gives ``"atom"`` or ``"structure"`` per field (a model's ``fields``, and those
+    of the registry's field table for labels the model does not predict); fields not in it
+    must be built-in (:data:`~tensorframe.fields.BUILTIN_FIELDS`). Each structure's input labels
     (``sample.targets``) are written beside the predictions as ``REF_<field>``.
 
     Shapes: an atom-level prediction (N, 3, ...) is written as N rows of 3**rank numbers;
@@ -72,7 +74,7 @@ def write_predictions_extxyz(
     and ``virial`` (3, 3) as 3x3 matrices (ase's own layout for these keys). Labels the same
     way, except that ``REF_stress`` and ``REF_virial`` are 9 numbers, row-major.
     """
-    import ase.io
+    import ase.io  # lazy: heavy, kept out of `import tensorframe`
 
     frames = []
     for sample, prediction in zip(samples, predictions, strict=True):
@@ -103,15 +105,16 @@ def _put(atoms, key: str, value: np.ndarray, level: str, num_atoms: int) -> None
         atoms.info[key] = float(value) if value.ndim == 0 else value.reshape(-1)
 
 
+_BUILTIN_LEVELS = {spec.name: spec.level for spec in BUILTIN_FIELDS}
+
+
 def _level(name: str, levels: Mapping[str, str] | None) -> str:
+    """``levels[name]``, else the built-in field's level; a ValueError naming the field otherwise."""
     if levels is not None and name in levels:
         return levels[name]
-    from tensorframe.registry import get_registry
-
-    spec = get_registry().items["field"].get(name)
-    if spec is None:
-        raise ValueError(f"field {name!r}: not a registered field; pass its level ('atom' or 'structure')")
-    return spec.level
+    if name not in _BUILTIN_LEVELS:
+        raise ValueError(f"field {name!r}: not a built-in field; pass its level ('atom' or 'structure') in levels")
+    return _BUILTIN_LEVELS[name]
 
 
 def write_predictions_json(
@@ -179,7 +182,7 @@ def crystal_symmetry(sample: Sample, symprec: float = 1e-5) -> tuple[np.ndarray,
         ValueError: for a structure that is not periodic in all three directions, or when
             spglib finds no symmetry at ``symprec``.
     """
-    import spglib
+    import spglib  # lazy: heavy, kept out of `import tensorframe`
 
     if not (np.isfinite(symprec) and symprec > 0):  # spglib segfaults on a negative or NaN tolerance
         raise ValueError(f"symprec: expected a positive, finite tolerance in Å, got {symprec}")
@@ -219,7 +222,7 @@ LOOSE_SYMPREC = 1e-3
 
 def spacegroup_symbol(sample: Sample, symprec: float) -> str | None:
     """spglib's international symbol at ``symprec``, or None where it finds none."""
-    import spglib
+    import spglib  # lazy: heavy, kept out of `import tensorframe`
 
     frac = sample.positions @ np.linalg.inv(sample.cell)
     with warnings.catch_warnings():

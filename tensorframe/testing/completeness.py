@@ -56,6 +56,7 @@ from torch import nn
 
 from tensorframe.fields import FieldSpec
 from tensorframe.ops.symmetry import subspace_dim, symmetric_projector
+from tensorframe.registry import PluginError, Registry, get_registry
 from tensorframe.specs import FeatureDims
 from tensorframe.testing.environments import (
     LINEAR_ENVIRONMENTS,
@@ -513,7 +514,7 @@ def _label(name: str, options: Mapping[str, Any]) -> str:
 
 
 def assert_registered_heads_complete(
-    registry: Any = None,
+    registry: Registry | None = None,
     environments: Mapping[str, Sample | Callable[[], Sample]] | None = None,
     heads: Sequence[str] | None = None,
     options: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
@@ -524,7 +525,7 @@ def assert_registered_heads_complete(
     """Check every registered head (or ``heads``) on every environment.
 
     Each head is built with each option set of ``options[name]`` (default: ``[{}]``, its
-    default options) through ``spec.build(spec.config.model_validate(opts), dims)``. A head
+    default options) through ``spec.build(spec.config.model_validate(opts), dims, registry.fields)``. A head
     whose options do not validate or whose builder raises ``ValueError`` with them is skipped
     with the reason (the ``tensor`` head needs a ``field``: give
     ``options={"tensor": [{"field": "polarizability"}, ...]}``).
@@ -543,8 +544,6 @@ def assert_registered_heads_complete(
     __tracebackhide__ = True
     from pydantic import ValidationError
 
-    from tensorframe.registry import PluginError, get_registry
-
     registry = registry or get_registry()
     dims = dims or CHECK_DIMS
     environments = STANDARD_ENVIRONMENTS if environments is None else environments
@@ -555,7 +554,7 @@ def assert_registered_heads_complete(
         for opts in (options or {}).get(name, [{}]):
             label = _label(name, opts)
             try:
-                head = spec.build(spec.config.model_validate(dict(opts)), dims)
+                head = spec.build(spec.config.model_validate(dict(opts)), dims, registry.fields)
             except ValidationError as error:
                 missing = [".".join(map(str, e["loc"])) for e in error.errors()]
                 result.skipped[label] = f"needs options: {', '.join(missing)}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from tensorframe.fields import FieldSpec
+from tensorframe.registry import get_registry
 from tensorframe.types import Sample
 
 __all__ = ["assert_equivariant", "compare", "evaluate", "field_specs", "rotate_sample", "spec_for", "tolerances"]
@@ -64,16 +65,15 @@ def evaluate(model_or_fn: ModelOrFn, samples: Sequence[Sample]) -> dict[str, tor
 def field_specs(model_or_fn: ModelOrFn, fields: Mapping[str, FieldSpec] | None = None) -> dict[str, FieldSpec]:
     """Each predicted field's spec (level, symmetry, parity, reduce).
 
-    From ``fields`` if given, else from ``model.heads[name].field``, else from the field registry.
+    From ``fields`` if given, else from ``model.heads[name].field``, else from the field table
+    of the installed plugins (:func:`~tensorframe.registry.get_registry`: the test kit's default).
     """
     if fields is not None:
         return dict(fields)
     if _is_model(model_or_fn):
         fields = getattr(model_or_fn, "fields", None)  # a TensorModel's, derived fields included
         return dict(fields) if fields is not None else {name: head.field for name, head in model_or_fn.heads.items()}
-    from tensorframe.registry import get_registry
-
-    return dict(get_registry().items["field"])
+    return dict(get_registry().fields)
 
 
 def spec_for(specs: Mapping[str, FieldSpec], name: str) -> FieldSpec:

@@ -39,7 +39,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where the structures come from: files read by :func:`tensorframe.io.read_structures`
+    """Where the structures come from: files read by :func:`tensorframe.read_structures`
     (``path``: one file or a list, ``format``: a reader name, ``key_map``/``options``: reader
     options), or ``default: true`` (equivalently ``data: default``) for the embedded molecule set."""
 
