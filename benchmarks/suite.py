@@ -292,8 +292,8 @@ def run_task(task: Task, backbones: list[str], peers: list[str], reduced: bool, 
 
 def parity_plots(task: Task, backbone: str, result: dict[str, Any], plots_dir: Path) -> list[str]:
     """One parity PNG per target field of the best backbone; paths relative to the repo."""
-    from tensorframe.evaluate import FieldPairs, parity_plot
     from tensorframe.registry import get_registry
+    from tensorframe.scoring import FieldPairs, parity_plot
 
     registry = get_registry()
     plots_dir.mkdir(parents=True, exist_ok=True)

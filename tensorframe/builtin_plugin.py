@@ -26,8 +26,8 @@ from tensorframe.heads.tensor import TensorHeadConfig, build_tensor_head
 from tensorframe.hookspecs import hookimpl
 from tensorframe.io.ase_reader import read_ase
 from tensorframe.io.asedb import read_asedb
-from tensorframe.io.csv_labels import read_etgnn
 from tensorframe.io.deepmd import read_deepmd
+from tensorframe.io.id_prop import read_id_prop
 from tensorframe.io.nmr import read_matten_nmr
 from tensorframe.io.vasp import read_vasp
 from tensorframe.specs import BackboneSpec, HeadSpec, ReaderSpec
@@ -75,7 +75,7 @@ def tensorframe_register_readers() -> list[ReaderSpec]:
                    "any structure file ase reads; labels from arrays/info named like fields"),
         ReaderSpec("asedb", read_asedb, (".db",), "ASE database: labels from row data / key-value pairs, Voigt converted"),
         ReaderSpec("deepmd", read_deepmd, (), "DeePMD-kit npy system(s): a directory with type.raw and set.*/"),
-        ReaderSpec("etgnn", read_etgnn, (".csv",), "ETGNN layout: id_prop.csv (ID, tensor components) + <ID>.vasp/.cif"),
+        ReaderSpec("id_prop", read_id_prop, (".csv",), "ETGNN's layout: id_prop.csv (ID, tensor components) + <ID>.vasp/.cif"),
         ReaderSpec("vasp", read_vasp, ("outcar", ".xml"), "VASP OUTCAR / vasprun.xml: Born charges, dielectric, piezo, energy, forces, stress"),
         ReaderSpec("matten-nmr", read_matten_nmr, (), "matten si_nmr_data.json: per-atom NMR shielding tensors"),
     ]

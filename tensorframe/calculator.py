@@ -38,8 +38,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from tensorframe.conservative import energy_derivatives
+from tensorframe.fields import DERIVED_FIELDS, builtin_field
 from tensorframe.io.convert import to_sample
 from tensorframe.model import TensorModel
+from tensorframe.outputs import split_by_structure
 
 
 def _default_device() -> str:
@@ -89,13 +91,11 @@ class TensorframeCalculator(Calculator):
                 outputs = energy_derivatives(partial(model.head_outputs, names=None), graph, stress=periodic)
             else:
                 outputs = model(graph)
-        levels = {**{name: field.level for name, field in model.fields.items()}, "forces": "atom"}
-        results: dict[str, Any] = {}
-        for name, value in outputs.items():
-            if name == "stress" and not periodic:
-                continue  # no volume: ASE raises PropertyNotImplementedError for get_stress
-            array = value.detach().to("cpu", torch.float64).numpy()
-            results[name] = array if levels.get(name) == "atom" else array[0]
+        fields = {**{name: builtin_field(name) for name in DERIVED_FIELDS}, **model.fields}
+        (row,) = split_by_structure(outputs, fields, graph.ptr)
+        if not periodic:
+            row.pop("stress", None)  # no volume: ASE raises PropertyNotImplementedError for get_stress
+        results: dict[str, Any] = {name: value.detach().to("cpu", torch.float64).numpy() for name, value in row.items()}
         if "stress" in results:
             results["stress"] = full_3x3_to_voigt_6_stress(results["stress"])
         if self.has_energy:

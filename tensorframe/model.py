@@ -26,12 +26,13 @@ from tensorframe.conservative import check_conservative_heads, energy_derivative
 from tensorframe.fields import DERIVED_FIELDS, FieldSpec, builtin_field
 from tensorframe.graph.collate import build_graph
 from tensorframe.heads.base import Head
-from tensorframe.io.checks import MAX_ATOMIC_NUMBER, MIN_DISTANCE, InputError, check_structure
 from tensorframe.io.convert import to_sample
+from tensorframe.io.validation import MAX_ATOMIC_NUMBER, MIN_DISTANCE, InputError, check_structure
 from tensorframe.lifting import TripletLifting
 from tensorframe.normalization import FieldScaling
 from tensorframe.ops.repulsion import zbl_edge_energy
 from tensorframe.ops.scatter import scatter_sum
+from tensorframe.outputs import split_by_structure
 from tensorframe.registry import PluginError, Registry, get_registry
 from tensorframe.specs import FeatureDims, GraphSettings
 from tensorframe.types import Graph, InvariantFeatures, Sample
@@ -62,7 +63,7 @@ class TensorModel(nn.Module):
             raise ConfigError(f"heads: {where} predict the same field {name!r}; give each field one head")
         self.heads = nn.ModuleDict({head.field.name: head for head in heads})
         self.scaling = nn.ModuleDict(
-            {head.field.name: FieldScaling(head.field, keep_identity=getattr(head, "add_identity", False)) for head in heads}
+            {head.field.name: FieldScaling(head.field, keep_identity=head.add_identity) for head in heads}
         )
         self.derived_fields: dict[str, FieldSpec] = {}
         if config.pair_repulsion and not config.conservative:
@@ -174,7 +175,7 @@ class TensorModel(nn.Module):
         ``virial`` (3, 3) of a conservative model (``stress`` for 3D-periodic structures only).
 
         Every structure is checked first, as the file readers check theirs
-        (:func:`tensorframe.io.checks.check_structure`): atomic numbers 1-118 and within the
+        (:func:`tensorframe.io.validation.check_structure`): atomic numbers 1-118 and within the
         backbone's embedding (``backbone.max_z``), a usable cell, and no two atoms closer than
         ``min_distance`` Å (0 turns that check off, for structures with legitimately close atoms).
         ``names`` (one per structure, e.g. ``"data.xyz: structure 3"``; default ``"structure
@@ -195,17 +196,11 @@ class TensorModel(nn.Module):
             for start in range(0, len(samples), batch_size):
                 chunk = samples[start : start + batch_size]
                 graph = self.make_graph(chunk, names=names[start : start + batch_size])
-                outputs = self(graph)
-                ptr = graph.ptr.tolist()
-                fields = self.fields
-                for b, sample in enumerate(chunk):
-                    row = {}
-                    for name, value in outputs.items():
-                        if name == "stress" and not sample.pbc.all():
-                            continue  # needs a volume: cells periodic in all three directions only
-                        part = value[ptr[b] : ptr[b + 1]] if fields[name].level == "atom" else value[b]
-                        row[name] = part.detach().cpu().numpy()
-                    results.append(row)
+                rows = split_by_structure(self(graph), self.fields, graph.ptr)
+                for sample, row in zip(chunk, rows, strict=True):
+                    if not sample.pbc.all():
+                        row.pop("stress", None)  # needs a volume: cells periodic in all three directions only
+                    results.append({name: value.detach().cpu().numpy() for name, value in row.items()})
         finally:
             self.train(was_training)
         return results
@@ -231,13 +226,11 @@ class TensorModel(nn.Module):
         return samples
 
 
-def embedding_limit(backbone: nn.Module) -> int | None:
-    """The largest atomic number a backbone embeds: its ``max_z`` (attribute or config), else
+def embedding_limit(backbone: Backbone) -> int | None:
+    """The largest atomic number a backbone embeds: its ``max_z`` (:attr:`Backbone.max_z`), else
     the size of its smallest ``nn.Embedding`` minus one, else None (unknown)."""
-    for owner in (backbone, getattr(backbone, "config", None)):
-        value = getattr(owner, "max_z", None)
-        if isinstance(value, int):
-            return value
+    if backbone.max_z is not None:
+        return backbone.max_z
     sizes = [m.num_embeddings for m in backbone.modules() if isinstance(m, nn.Embedding)]
     return min(sizes) - 1 if sizes else None
 

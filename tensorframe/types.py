@@ -122,11 +122,6 @@ class Graph:
         return int(self.ptr.shape[0] - 1)
 
     @property
-    def idx_k(self) -> torch.Tensor:
-        """(T,) the far atom ``k`` of each triplet ``k -> j -> i``."""
-        return self.idx_j.index_select(0, self.idx_kj)
-
-    @property
     def idx_triplet_center(self) -> torch.Tensor:
         """(T,) the centre atom ``j`` of each triplet."""
         return self.idx_i.index_select(0, self.idx_kj)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tensorframe.io.convert import to_sample
-from tensorframe.io.writers import crystal_symmetry, symmetrize_born_and_dielectric, write_born_file
+from tensorframe.io.writers import write_born_file
+from tensorframe.space_group import crystal_symmetry, symmetrize_born_and_dielectric
 
 SNO2 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "phonopy-vasp-born-SnO2" / "vasprun.xml-born.xz"
 if not SNO2.exists():  # the main checkout and CI clone both sit beside shared/

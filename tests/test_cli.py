@@ -155,8 +155,8 @@ def test_version(capsys):
 
 
 def test_the_born_file_writer_refuses_a_bad_symprec():
-    from tensorframe.io.writers import crystal_symmetry
-    from tensorframe.testing.checks import rock_salt
+    from tensorframe.space_group import crystal_symmetry
+    from tensorframe.testing.invariance import rock_salt
 
     for bad in (-1.0, float("nan"), 0.0):
         with pytest.raises(ValueError, match="symprec: expected a positive, finite tolerance"):

@@ -20,7 +20,7 @@ from tensorframe.testing import (
     assert_equivariant,
     assert_permutation_invariant,
     assert_translation_invariant,
-    evaluate,
+    model_outputs,
     rock_salt,
 )
 from tensorframe.testing import strategies as tfst
@@ -69,7 +69,7 @@ def _normal_components(model: tf.TensorModel, name: str) -> tuple[float, float]:
     if name in ("CO2", "HCN"):
         direction = np.cross(direction, [0.3, 0.5, 0.8])
         direction = direction / np.linalg.norm(direction)
-    outputs = evaluate(model, [sample])
+    outputs = model_outputs(model, [sample])
     n = torch.as_tensor(direction)
     born = torch.einsum("a,kab,b->k", n, outputs["born_charges"], n).abs().max()
     alpha = (n @ outputs["polarizability"][0] @ n).abs()
@@ -148,7 +148,7 @@ def test_charge_flow_moves_with_a_charged_fragment(charge_flow_model) -> None:
 
 def test_charge_flow_is_refused_on_periodic_structures(charge_flow_model) -> None:
     with pytest.raises(ValueError, match=r"charge_flow is defined for molecules only; structure 1 of the batch is periodic"):
-        evaluate(charge_flow_model, [Sample([8, 1], [[0, 0, 0], [0.9, 0, 0]]), rock_salt()])
+        model_outputs(charge_flow_model, [Sample([8, 1], [[0, 0, 0], [0.9, 0, 0]]), rock_salt()])
 
 
 def test_charge_flow_needs_a_summed_structure_field() -> None:

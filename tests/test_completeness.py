@@ -27,7 +27,6 @@ from tensorframe.testing import (
     completeness_report,
     invariant_subspace_dim,
 )
-from tensorframe.testing.checks import wurtzite
 from tensorframe.testing.completeness import (
     LINEAR_ENVIRONMENTS,
     PLANAR_ENVIRONMENTS,
@@ -39,6 +38,7 @@ from tensorframe.testing.completeness import (
     water,
 )
 from tensorframe.testing.equivariance import rotate_sample
+from tensorframe.testing.invariance import wurtzite
 
 FIELDS = {f.name: f for f in BUILTIN_FIELDS}
 ELASTIC = "ijkl=jikl=ijlk=klij"
@@ -428,13 +428,3 @@ def test_assert_registered_heads_complete_lists_failures_and_skips():
     with_field = assert_registered_heads_complete(registry, environments, heads=["needs_field"],
                                                   options={"needs_field": [{"field": "forces"}]})
     assert set(with_field.reports) == {("needs_field[field=forces]", "generic"), ("needs_field[field=forces]", "water")}
-
-
-def test_the_plugin_guide_snippet_runs():
-    """The completeness snippet of docs/plugins.md (section 7) runs as printed."""
-    from pathlib import Path
-
-    text = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
-    section = text.split("## 7. Check that a head is complete", 1)[1]
-    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(snippet, "docs/plugins.md#7", "exec"), {})

@@ -11,13 +11,13 @@ import torch
 import tensorframe as tf
 from tensorframe.config import ConfigError
 from tensorframe.graph import collate
-from tensorframe.testing.checks import assert_supercell_consistent, wurtzite
 from tensorframe.testing.derivatives import (
     assert_forces_match_finite_differences,
     assert_stress_matches_finite_differences,
     finite_difference_stress,
 )
-from tensorframe.testing.equivariance import assert_equivariant, evaluate
+from tensorframe.testing.equivariance import assert_equivariant, model_outputs
+from tensorframe.testing.invariance import assert_supercell_consistent, wurtzite
 from tensorframe.types import Sample
 
 BACKBONE = {"name": "reference", "hidden": 8, "num_radial": 6}
@@ -57,7 +57,7 @@ def molecule() -> Sample:
 def test_forces_and_stress_match_finite_differences():
     model = conservative_model()
     crystal = strained_crystal()
-    outputs = evaluate(model, [crystal])
+    outputs = model_outputs(model, [crystal])
     assert outputs["forces"].abs().max() > 1e-2 and outputs["stress"].abs().min() > 1e-6  # not trivially zero
     assert_forces_match_finite_differences(model, crystal)
     assert_forces_match_finite_differences(model, molecule())
@@ -71,7 +71,7 @@ def test_forces_and_stress_match_finite_differences():
 
 def test_stress_is_nan_without_a_volume_and_predict_leaves_it_out():
     model = conservative_model()
-    outputs = evaluate(model, [molecule(), strained_crystal()])
+    outputs = model_outputs(model, [molecule(), strained_crystal()])
     assert torch.isnan(outputs["stress"][0]).all() and torch.isfinite(outputs["stress"][1]).all()
     assert torch.isfinite(outputs["virial"]).all()
     rows = model.predict([molecule(), strained_crystal()])
@@ -127,7 +127,7 @@ def test_the_checkers_catch_wrong_conventions(breakage):
     model = conservative_model()
 
     def broken(samples):
-        outputs = dict(evaluate(model, samples))
+        outputs = dict(model_outputs(model, samples))
         if breakage == "force sign":
             outputs["forces"] = -outputs["forces"]
         elif breakage == "stress without volume":
@@ -252,12 +252,12 @@ def test_pair_repulsion_is_zbl_at_close_contact_and_stays_conservative():
     pair = Sample([8, 8], [[0.0, 0.0, 0.0], [0.6, 0.0, 0.0]])
     zbl = 2 * float(zbl_edge_energy(torch.tensor([0.6], dtype=torch.float64), torch.tensor([8]), torch.tensor([8]), 3.5)[0])
     assert 100 < zbl < 130
-    difference = evaluate(model, [pair])["energy"] - evaluate(plain, [pair])["energy"]
+    difference = model_outputs(model, [pair])["energy"] - model_outputs(plain, [pair])["energy"]
     assert float(difference[0]) == pytest.approx(zbl, rel=1e-12)
-    assert float(evaluate(model, [pair])["forces"][1, 0]) > 100  # pushed apart
+    assert float(model_outputs(model, [pair])["forces"][1, 0]) > 100  # pushed apart
     # Zero beyond the covalent-radius sum (1.32 Å for O-O), smooth, and F = -dE/dr still holds.
     far = Sample([8, 8], [[0.0, 0.0, 0.0], [1.4, 0.0, 0.0]])
-    assert float((evaluate(model, [far])["energy"] - evaluate(plain, [far])["energy"])[0]) == 0.0
+    assert float((model_outputs(model, [far])["energy"] - model_outputs(plain, [far])["energy"])[0]) == 0.0
     assert_forces_match_finite_differences(model, Sample([8, 8, 1], [[0, 0, 0], [0.9, 0.1, 0], [0.2, 0.8, 0.1]]))
     assert_stress_matches_finite_differences(model, Sample([8, 1], [[0, 0, 0], [0.7, 0.3, 0.1]], np.eye(3) * 2.5,
                                                            [True] * 3))

@@ -15,8 +15,8 @@ import torch
 
 import tensorframe
 from tensorframe.cli import main
-from tensorframe.evaluate import component_names, evaluate
 from tensorframe.io.convert import to_sample
+from tensorframe.scoring import component_names, score
 
 HEADS = [
     {"name": "born", "hidden": 8},
@@ -73,7 +73,7 @@ def test_component_names_are_row_major():
 
 def test_metrics_equal_the_planted_errors_per_field_and_component(model):
     samples, errors = planted_errors(model)
-    result = evaluate(model, samples)
+    result = score(model, samples)
     assert result["num_structures"] == 3 and result["unlabelled"] == []
     assert set(result["fields"]) == {"born_charges", "dielectric", "forces", "energy"}
     for name, m in result["fields"].items():
@@ -99,7 +99,7 @@ def test_a_component_error_shows_in_that_component_only(model):
         born = prediction["born_charges"].copy()
         born[:, 0, 1] += 0.3
         shifted.append(sample.with_targets({"born_charges": born}))
-    m = evaluate(model, shifted)["fields"]["born_charges"]
+    m = score(model, shifted)["fields"]["born_charges"]
     for component, values in m["components"].items():
         expected = 0.3 if component == "xy" else 0.0
         assert values["mae"] == pytest.approx(expected, abs=1e-12), component
@@ -112,7 +112,7 @@ def test_structures_without_a_label_are_left_out_of_that_field(model):
     samples, errors = planted_errors(model, seed=1)
     samples[1] = samples[1].with_targets({k: v for k, v in samples[1].targets.items() if k != "dielectric"})
     samples[2] = samples[2].with_targets({})
-    result = evaluate(model, samples)
+    result = score(model, samples)
     assert result["fields"]["dielectric"]["count"] == 1
     assert result["fields"]["forces"]["count"] == 4 + 2  # the water molecule has no labels at all
     mae, *_ = reference_metrics([errors[0]["dielectric"]])
@@ -123,10 +123,10 @@ def test_bad_labels_are_named_by_structure_and_field(model):
     samples, _ = planted_errors(model)
     nan = dict(samples[2].targets, dielectric=np.full((3, 3), np.nan))
     with pytest.raises(ValueError, match=r"structure 2, field 'dielectric': label contains NaN"):
-        evaluate(model, [samples[0], samples[1], samples[2].with_targets(nan)])
+        score(model, [samples[0], samples[1], samples[2].with_targets(nan)])
     short = dict(samples[1].targets, forces=np.zeros((1, 3)))
     with pytest.raises(ValueError, match=r"structure 1, field 'forces': label has shape \(1, 3\), the model predicts \(2, 3\)"):
-        evaluate(model, [samples[0], samples[1].with_targets(short)])
+        score(model, [samples[0], samples[1].with_targets(short)])
 
 
 def write_labelled(model, path, seed: int = 2):
@@ -156,7 +156,7 @@ def test_evaluate_command_writes_metrics_plots_and_a_table(model, tmp_path, caps
     captured = capsys.readouterr()
     assert code == 0, captured.err
     written = json.loads((outdir / "metrics.json").read_text())
-    expected = evaluate(model, samples)
+    expected = score(model, samples)
     for name, m in expected["fields"].items():
         assert written["fields"][name]["mae"] == pytest.approx(m["mae"], abs=1e-7)  # labels via 8-decimal text
         for component, values in m["components"].items():

@@ -21,11 +21,6 @@ from tensorframe.heads.base import Head
 from tensorframe.heads.named import DielectricHeadConfig, ForceHeadConfig, build_dielectric_head, build_force_head
 from tensorframe.ops.scatter import scatter_sum
 from tensorframe.specs import HeadSpec
-from tensorframe.testing.checks import (
-    assert_batch_consistent,
-    assert_periodic_images_consistent,
-    assert_permutation_invariant,
-)
 from tensorframe.testing.contract import (
     assert_float32_matches_float64,
     assert_outputs_nonzero,
@@ -40,6 +35,11 @@ from tensorframe.testing.head_contract import (
     check_completeness,
     check_periodicity,
     check_symmetries,
+)
+from tensorframe.testing.invariance import (
+    assert_batch_consistent,
+    assert_periodic_images_consistent,
+    assert_permutation_invariant,
 )
 from tensorframe.types import Graph, InvariantFeatures
 

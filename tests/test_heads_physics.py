@@ -21,7 +21,7 @@ from tensorframe.testing import (
     assert_permutation_invariant,
     assert_supercell_consistent,
     assert_translation_invariant,
-    evaluate,
+    model_outputs,
     rock_salt,
     rotate_sample,
     tetragonal_perovskite,
@@ -38,7 +38,7 @@ def test_every_field_is_nonzero_on_a_generic_crystal(model) -> None:
     rng = np.random.default_rng(0)
     cell = np.array([[4.1, 0.0, 0.0], [1.3, 3.9, 0.0], [0.4, -0.8, 4.4]])
     sample = Sample([8, 14, 14, 8, 56], rng.random((5, 3)) @ cell, cell, [True, True, True])
-    for name, value in evaluate(model, [sample]).items():
+    for name, value in model_outputs(model, [sample]).items():
         assert value.abs().max() > 1e-6, f"field {name!r} is zero on a generic crystal"
 
 
@@ -111,7 +111,7 @@ def test_neumann_in_a_rotated_frame(model, crystal, rotation) -> None:
 
 
 def _predict(model, sample) -> dict[str, torch.Tensor]:
-    return {name: value[0] for name, value in evaluate(model, [sample]).items() if model.heads[name].field.level == "structure"}
+    return {name: value[0] for name, value in model_outputs(model, [sample]).items() if model.heads[name].field.level == "structure"}
 
 
 def test_rock_salt_dielectric_isotropic_piezo_zero(physics_model) -> None:
@@ -150,7 +150,7 @@ def test_polar_crystals_dielectric_and_piezo_pattern(physics_model, build) -> No
 
 @given(samples=st.lists(st.one_of(*STRUCTURES.values()), min_size=1, max_size=3))
 def test_acoustic_sum_rule_exact(physics_model, samples) -> None:
-    born = evaluate(physics_model, samples)["born_charges"]
+    born = model_outputs(physics_model, samples)["born_charges"]
     counts = np.cumsum([0] + [s.num_atoms for s in samples])
     for b in range(len(samples)):
         total = born[counts[b] : counts[b + 1]].sum(0)
@@ -159,13 +159,13 @@ def test_acoustic_sum_rule_exact(physics_model, samples) -> None:
 
 def test_acoustic_sum_rule_off_by_default(general_model) -> None:
     """Without the option the sum is not zero: the test above is not vacuous."""
-    born = evaluate(general_model, [wurtzite()])["born_charges"]
+    born = model_outputs(general_model, [wurtzite()])["born_charges"]
     assert born.sum(0).abs().max() > 1e-6
 
 
 @given(samples=st.lists(st.one_of(*STRUCTURES.values()), min_size=1, max_size=3))
 def test_positive_definite_dielectric(physics_model, samples) -> None:
-    eps = evaluate(physics_model, samples)["dielectric"]
+    eps = model_outputs(physics_model, samples)["dielectric"]
     assert torch.allclose(eps, eps.transpose(1, 2), atol=1e-14, rtol=0)
     eigenvalues = torch.linalg.eigvalsh(eps)
     assert eigenvalues.min() >= 1.0 - 1e-12, f"eigenvalues {eigenvalues.tolist()}"
@@ -173,5 +173,5 @@ def test_positive_definite_dielectric(physics_model, samples) -> None:
 
 def test_plain_dielectric_can_go_below_one(general_model) -> None:
     """Without ``positive_definite`` nothing bounds the eigenvalues (they sit near zero)."""
-    eps = evaluate(general_model, [wurtzite(), rock_salt()])["dielectric"]
+    eps = model_outputs(general_model, [wurtzite(), rock_salt()])["dielectric"]
     assert torch.linalg.eigvalsh(eps).min() < 1.0

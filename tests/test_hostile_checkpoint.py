@@ -290,7 +290,7 @@ def test_predict_names_the_structure_that_cannot_be_converted(model):
 
 
 def test_evaluate_checks_structures_as_predict_does(model):
-    from tensorframe.evaluate import collect_pairs
+    from tensorframe.scoring import collect_pairs
 
     labelled = Sample([1, 1], [[0.0, 0.0, 0.0], [0.05, 0.0, 0.0]], targets={"forces": np.zeros((2, 3))})
     with pytest.raises(ValueError, match=r"^structure 0: atoms 0 and 1 overlap"):

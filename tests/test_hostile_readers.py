@@ -1,7 +1,7 @@
 """Hostile and careless input files: no crash, no hang, no silent reinterpretation.
 
 Each bad file is refused with ONE line naming the file, the structure and what was expected
-(``tensorframe.io.checks.InputError`` / ValueError); valid files still read as before. The
+(``tensorframe.io.validation.InputError`` / ValueError); valid files still read as before. The
 files are small and written into tmp_path; the OUTCAR test reads the shared AlN data set.
 """
 
@@ -26,11 +26,11 @@ from tensorframe.cli import main
 from tensorframe.commands.predict import read_inputs
 from tensorframe.io import vasp as vasp_reader
 from tensorframe.io.ase_reader import read_ase
-from tensorframe.io.checks import InputError
 from tensorframe.io.convert import to_sample
 from tensorframe.io.read import read_structures
-from tensorframe.io.writers import crystal_symmetry
+from tensorframe.io.validation import InputError
 from tensorframe.registry import get_registry
+from tensorframe.space_group import crystal_symmetry
 
 FIELDS = get_registry().fields  # the field table the readers are given (read_structures passes it)
 

@@ -25,7 +25,7 @@ from tensorframe.checkpoint import CheckpointError
 from tensorframe.cli import main
 from tensorframe.io.convert import to_sample
 from tensorframe.io.read import read_structures
-from tensorframe.io.writers import symmetrize_born_and_dielectric
+from tensorframe.space_group import symmetrize_born_and_dielectric
 
 HEADS = [
     {"name": "born", "acoustic_sum_rule": False, "hidden": 8},

@@ -19,6 +19,7 @@ displacements along the H-O-H bisector (pins the per-atom layout of atomic dipol
 from __future__ import annotations
 
 import lzma
+import warnings
 from pathlib import Path
 
 import ase.units
@@ -28,8 +29,8 @@ import pytest
 from tensorframe.io import units, voigt
 from tensorframe.io.ase_reader import read_ase
 from tensorframe.io.asedb import read_asedb
-from tensorframe.io.csv_labels import read_etgnn
 from tensorframe.io.deepmd import read_deepmd
+from tensorframe.io.id_prop import read_id_prop
 from tensorframe.io.read import guess_format, read_structures
 from tensorframe.io.vasp import read_vasp
 from tensorframe.registry import get_registry
@@ -458,7 +459,7 @@ def test_asedb_selection_and_bad_rows(tmp_path):
 
 # ---- ETGNN layout: id_prop.csv + structure files ----
 
-def _etgnn_folder(tmp_path: Path, crystals: list[Sample], suffix: str = ".vasp") -> Path:
+def _id_prop_folder(tmp_path: Path, crystals: list[Sample], suffix: str = ".vasp") -> Path:
     from pymatgen.core import Lattice, Structure
 
     rows = []
@@ -471,10 +472,10 @@ def _etgnn_folder(tmp_path: Path, crystals: list[Sample], suffix: str = ".vasp")
 
 
 @pytest.mark.parametrize("suffix", [".vasp", ".cif"])
-def test_etgnn_folder_reads_born_charges_in_atom_order(tmp_path, suffix):
+def test_id_prop_folder_reads_born_charges_in_atom_order(tmp_path, suffix):
     crystals = read_ase(need(BECS), fields=FIELDS, index=":3")
-    folder = _etgnn_folder(tmp_path, crystals, suffix)
-    assert guess_format(folder) == "etgnn"
+    folder = _id_prop_folder(tmp_path, crystals, suffix)
+    assert guess_format(folder) == "id_prop"
     samples = read_structures(folder, field="born_charges")
     assert len(samples) == 3
     for original, sample in zip(crystals, samples, strict=True):
@@ -490,30 +491,47 @@ def test_etgnn_folder_reads_born_charges_in_atom_order(tmp_path, suffix):
             np.testing.assert_allclose(sample.positions, original.positions, atol=1e-5)
 
 
-def test_etgnn_structure_level_labels_header_and_errors(tmp_path):
+def test_id_prop_structure_level_labels_header_and_errors(tmp_path):
     crystals = read_ase(need(BECS), fields=FIELDS, index=":2")
-    folder = _etgnn_folder(tmp_path, crystals)
+    folder = _id_prop_folder(tmp_path, crystals)
     eps = [c.targets["dielectric"] for c in crystals]
     lines = ["id,e_xx,e_xy,e_xz,e_yx,e_yy,e_yz,e_zx,e_zy,e_zz"]
     lines += [",".join([f"crystal-{k}", *map(str, e.ravel())]) for k, e in enumerate(eps)]
     (folder / "eps.csv").write_text("\n".join(lines) + "\n")
-    samples = read_etgnn(folder / "eps.csv", fields=FIELDS, field="dielectric", file_type="poscar")
+    samples = read_id_prop(folder / "eps.csv", fields=FIELDS, field="dielectric", file_type="poscar")
     np.testing.assert_allclose(samples[1].targets["dielectric"], eps[1])
     table = folder / "id_prop.csv"
     n = crystals[1].num_atoms
     table.write_text(table.read_text().splitlines()[0] + "\n" + "crystal-1," + ",".join(["1.0"] * (9 * n - 1)) + "\n")
     with pytest.raises(ValueError, match=rf"{table}: structure 1 \(row 2, ID 'crystal-1'\), field 'born_charges': "
                                          rf"expected {9 * n} numbers for shape \({n}, 3, 3\), got shape \({9 * n - 1},\)"):
-        read_etgnn(folder, fields=FIELDS, field="born_charges")
+        read_id_prop(folder, fields=FIELDS, field="born_charges")
     table.write_text("crystal-0," + ",".join(["nan"] * (9 * crystals[0].num_atoms)) + "\n")
     with pytest.raises(ValueError, match=r"structure 0 \(row 1, ID 'crystal-0'\), field 'born_charges': NaN or inf at atom 0"):
-        read_etgnn(folder, fields=FIELDS, field="born_charges")
-    with pytest.raises(ValueError, match=r"the etgnn reader needs field="):
+        read_id_prop(folder, fields=FIELDS, field="born_charges")
+    with pytest.raises(ValueError, match=r"the id_prop reader needs field="):
         read_structures(table)
     table.write_text("missing-id,1,2,3\n")
     with pytest.raises(FileNotFoundError, match=r"ID 'missing-id'\): no structure file; expected .*missing-id.vasp or"):
-        read_etgnn(folder, fields=FIELDS, field="dipole")
+        read_id_prop(folder, fields=FIELDS, field="dipole")
 
+
+
+def test_format_etgnn_is_the_renamed_id_prop_reader_and_warns_once(tmp_path, monkeypatch):
+    """Users' configs say ``format: etgnn``: it reads with ``id_prop`` and warns the first time only."""
+    crystals = read_ase(need(BECS), fields=FIELDS, index=":2")
+    folder = _id_prop_folder(tmp_path, crystals)
+    monkeypatch.setattr("tensorframe.io.read._WARNED", set())
+    with pytest.warns(FutureWarning, match=r"^format 'etgnn': renamed to 'id_prop' \('etgnn' names a backbone\); "
+                                           r"write format='id_prop' \(format: id_prop in a training config\)$"):
+        old = read_structures(folder, format="etgnn", field="born_charges")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = read_structures(folder, format="etgnn", field="born_charges")
+    new = read_structures(folder, format="id_prop", field="born_charges")
+    for a, b, c in zip(old, again, new, strict=True):
+        np.testing.assert_array_equal(a.targets["born_charges"], c.targets["born_charges"])
+        np.testing.assert_array_equal(b.targets["born_charges"], c.targets["born_charges"])
 
 # ---- bad input shared by every reader ----
 
@@ -625,7 +643,7 @@ def test_read_structures_dispatch(tmp_path):
     assert guess_format(DATASETS / "deepmd-dplr-water") == "deepmd"
     assert guess_format(tmp_path / "structures.xyz.gz") == "ase"
     assert len(read_structures(DATASETS / "deepmd-dplr-water")) == 30
-    with pytest.raises(ValueError, match=r"neither a DeePMD system \(type.raw\) nor an ETGNN folder"):
+    with pytest.raises(ValueError, match=r"neither a DeePMD system \(type.raw\) nor an id_prop folder"):
         read_structures(tmp_path)
-    with pytest.raises(LookupError, match=r"unknown reader 'npy'; valid choices: ase, asedb, deepmd, etgnn, matten-nmr, vasp"):
+    with pytest.raises(LookupError, match=r"unknown reader 'npy'; valid choices: ase, asedb, deepmd, id_prop, matten-nmr, vasp"):
         read_structures(tmp_path, format="npy")

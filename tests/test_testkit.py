@@ -22,7 +22,7 @@ from tensorframe.testing import (
     assert_permutation_invariant,
     assert_supercell_consistent,
     assert_translation_invariant,
-    evaluate,
+    model_outputs,
     point_group_operations,
     repeat_sample,
     rock_salt,
@@ -235,7 +235,7 @@ def test_equivariance_catches_fixed_vector(sample) -> None:
 def test_equivariance_cross_product_as_polar_vector(sample) -> None:
     """Passes every proper rotation, fails improper ones (inversion and rotoinversions)."""
     model = _base_model(CrossProduct(parity=-1))
-    assert evaluate(model, [sample])["polar"].abs().max() > 1e-6
+    assert model_outputs(model, [sample])["polar"].abs().max() > 1e-6
     assert_equivariant(model, sample, _rotation())
     assert_equivariant(model, sample, _rotation(seed=11))
     for improper in (-_rotation(), -np.eye(3), np.diag([1.0, 1.0, -1.0])):
@@ -388,7 +388,7 @@ def test_neumann_operations_are_in_the_frame_of_the_sample() -> None:
     """Operations of the crystal in one frame do not hold for it in another: the frame matters."""
     model = _correct_model()
     turned = rotate_sample(wurtzite(), _rotation())
-    eps = evaluate(model, [turned])["dielectric"][0]
+    eps = model_outputs(model, [turned])["dielectric"][0]
     own, _ = point_group_operations(turned)
     other, _ = point_group_operations(wurtzite())
     changes = [float((torch.as_tensor(r) @ eps @ torch.as_tensor(r).T - eps).abs().max()) for r in other]

@@ -18,13 +18,14 @@ import pytest
 import torch
 
 import tensorframe as tf
-from tensorframe.evaluate import FieldPairs, independent_components, parity_plot, robust_limits
 from tensorframe.io.convert import to_sample
 from tensorframe.io.read import read_structures
-from tensorframe.io.writers import symmetrize_born_and_dielectric, write_predictions
+from tensorframe.io.writers import write_predictions
+from tensorframe.scoring import FieldPairs, independent_components, parity_plot, robust_limits
+from tensorframe.space_group import symmetrize_born_and_dielectric
 from tensorframe.train import Trainer, parse_train_config
 from tensorframe.train import config as train_config
-from tensorframe.train.logging import EpochProgress
+from tensorframe.train.run_log import EpochProgress
 
 # ------------------------------------------------------------------ parity plots
 
@@ -40,7 +41,7 @@ from tensorframe.train.logging import EpochProgress
     ],
 )
 def test_independent_components_follow_the_index_symmetry(symmetry, rank, expected):
-    names = tf.evaluate.component_names(rank)
+    names = tf.scoring.component_names(rank)
     assert [names[c] for c in independent_components(rank, symmetry)] == expected
 
 
@@ -109,7 +110,7 @@ def set_progress_interval(config: dict, seconds: float, monkeypatch: pytest.Monk
     if "progress_interval_s" in train_config.TrainConfig.model_fields:
         config["progress_interval_s"] = seconds
     else:
-        monkeypatch.setattr("tensorframe.train.logging.PROGRESS_INTERVAL_S", seconds)
+        monkeypatch.setattr("tensorframe.train.run_log.PROGRESS_INTERVAL_S", seconds)
 
 
 def test_train_writes_parity_plots_and_progress_lines_with_the_loss(tmp_path, capsys, monkeypatch):
@@ -229,7 +230,7 @@ def test_evaluate_reads_the_labels_of_a_predictions_file(tmp_path, capsys):
                  "--key-map", "REF_forces=forces,forces=pred_forces"])
     assert code == 0, capsys.readouterr().err
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    expected = tf.evaluate.evaluate(model, labelled)["fields"]["forces"]["mae"]
+    expected = tf.scoring.score(model, labelled)["fields"]["forces"]["mae"]
     assert written["fields"]["forces"]["mae"] == pytest.approx(expected, abs=1e-7)
     assert expected > 0.1  # scored against the random labels, not against its own predictions
 

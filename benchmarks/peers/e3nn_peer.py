@@ -33,11 +33,11 @@ from benchmarks.toolkit import (
     peak_memory_mb,
     throughput,
 )
-from tensorframe.evaluate import collect_pairs
 from tensorframe.fields import FieldSpec
 from tensorframe.graph import build_graph, neighbor_list
 from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE
 from tensorframe.registry import get_registry
+from tensorframe.scoring import collect_pairs, error_metrics
 from tensorframe.train.data import fit_element_shifts
 from tensorframe.train.state import seed_everything
 from tensorframe.types import Graph, Sample
@@ -87,7 +87,7 @@ def build_peer(fields: Mapping[str, FieldSpec], samples: Sequence[Sample], train
 
 def field_metrics(predictor: GraphPredictor, samples: Sequence[Sample], metric_elements: Mapping[str, Sequence[int]],
                   batch_size: int = 16) -> dict[str, dict[str, Any]]:
-    """Per field MAE / RMSE over all components (as :func:`tensorframe.evaluate.metrics`), atom-level
+    """Per field MAE / RMSE over all components (as :func:`tensorframe.scoring.metrics`), atom-level
     fields on the atoms of ``metric_elements[field]`` only where given."""
     pairs = collect_pairs(predictor, samples, batch_size)
     out = {}
@@ -99,8 +99,9 @@ def field_metrics(predictor: GraphPredictor, samples: Sequence[Sample], metric_e
             keep = np.isin(numbers, list(elements))
             predicted, target = predicted[keep], target[keep]
         error = predicted - target
-        out[name] = {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error**2).mean())),
-                     "count": int(error.shape[0]), "units": p.units, "target_std": float(target.std())}
+        scores = error_metrics(error, target)
+        out[name] = {"mae": scores["mae"], "rmse": scores["rmse"], "count": int(error.shape[0]), "units": p.units,
+                     "target_std": scores["target_std"]}
     return out
 
 

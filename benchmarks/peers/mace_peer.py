@@ -7,7 +7,7 @@ mace-torch pins e3nn 0.4.4 and tensorframe needs e3nn 0.6, so MACE lives in
 
     task splits -> extxyz files (labels under REF_* keys, tensorframe's units)
     -> ``<mace venv>/bin/python mace_runner.py run.json`` (one run per MACE model)
-    -> predictions (npz) + timings (json) -> MAE/RMSE with tensorframe.evaluate.metrics
+    -> predictions (npz) + timings (json) -> MAE/RMSE with tensorframe.scoring.metrics
 
 :func:`time_peer` is the same path in the runner's ``time`` mode: the same models (same
 sizes, z_table, avg_num_neighbors, seed), untrained, timed on the test split only.

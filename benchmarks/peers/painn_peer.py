@@ -7,7 +7,7 @@ SchNetPack brings pytorch-lightning, hydra and matscipy, so it lives in
 
     task splits -> extxyz files (labels under REF_* keys, tensorframe's units)
     -> ``<schnetpack venv>/bin/python painn_runner.py run.json``
-    -> predictions (npz) + timings (json) -> MAE/RMSE with tensorframe.evaluate.metrics
+    -> predictions (npz) + timings (json) -> MAE/RMSE with tensorframe.scoring.metrics
 
 :func:`time_peer` is the same path in the runner's ``time`` mode (same model and seed,
 untrained, timed on the test split only).

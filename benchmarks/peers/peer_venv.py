@@ -8,7 +8,7 @@ venv; one runner process per peer model, each with its file-name ``prefix`` in `
     task splits -> {prefix}_{train,valid,test}.xyz (labels under REF_* keys, tensorframe's units)
     -> {prefix}_run.json -> ``<venv>/bin/python <runner>.py {prefix}_run.json`` -> {prefix}_log.txt
     -> {prefix}_result.json (timings, sizes, versions) + {prefix}_predictions.npz (train mode)
-    -> MAE/RMSE with tensorframe.evaluate.metrics; times and parameters summed over the models
+    -> MAE/RMSE with tensorframe.scoring.metrics; times and parameters summed over the models
 
 ``{prefix}_run.json``, what every runner reads::
 
@@ -217,8 +217,8 @@ class VenvPeer:
         Raises:
             ValueError: when the row counts of prediction and test set differ.
         """
-        from tensorframe.evaluate import FieldPairs, metrics
         from tensorframe.registry import get_registry
+        from tensorframe.scoring import FieldPairs, metrics
 
         spec = get_registry().items["field"][name]
         per_row = 3 ** spec.rank

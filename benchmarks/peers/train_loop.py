@@ -8,7 +8,7 @@ seed); gradient clipping; an optional ReduceLROnPlateau; the budget (``epochs`` 
 ``max_time_s``, checked after every step); and the model kept is the one with the lowest
 validation loss. One difference: an epoch cut short by ``max_time_s`` is still validated here
 (tensorframe's trainer then keeps the best of the completed epochs). Metrics use
-:func:`tensorframe.evaluate.collect_pairs` through :class:`GraphPredictor`.
+:func:`tensorframe.scoring.collect_pairs` through :class:`GraphPredictor`.
 
 A peer model is any ``nn.Module`` with ``forward(graph) -> {field: tensor}`` in physical units
 (atom-level fields (N, 3, ...), structure-level (B, 3, ...)) and a ``make_graph(samples)``
@@ -32,6 +32,7 @@ from torch import nn
 
 from tensorframe.fields import FieldSpec
 from tensorframe.normalization import FieldScaling
+from tensorframe.outputs import split_by_structure
 from tensorframe.train.data import collate_targets, fit_normalization
 from tensorframe.train.distributed import epoch_orders
 from tensorframe.train.loss import LossKind, batch_loss, summarize
@@ -103,7 +104,7 @@ def label_shim(fields: Mapping[str, FieldSpec], targets: Sequence[str], subtract
 
 class GraphPredictor:
     """``fields`` and ``predict(samples, batch_size)`` like :class:`tensorframe.TensorModel`, for a
-    peer module, so :func:`tensorframe.evaluate.evaluate` scores it the same way."""
+    peer module, so :func:`tensorframe.scoring.score` scores it the same way."""
 
     def __init__(self, module: nn.Module, fields: Mapping[str, FieldSpec], make_graph: MakeGraph) -> None:
         self.module = module
@@ -119,13 +120,8 @@ class GraphPredictor:
             for start in range(0, len(samples), batch_size):
                 chunk = list(samples[start : start + batch_size])
                 graph = self.make_graph(chunk)
-                outputs = self.module(graph)
-                ptr = graph.ptr.tolist()
-                for b in range(len(chunk)):
-                    results.append({
-                        name: (value[ptr[b] : ptr[b + 1]] if self.fields[name].level == "atom" else value[b]).cpu().numpy()
-                        for name, value in outputs.items()
-                    })
+                for row in split_by_structure(self.module(graph), self.fields, graph.ptr):
+                    results.append({name: value.cpu().numpy() for name, value in row.items()})
         finally:
             self.module.train(was_training)
         return results

@@ -14,13 +14,18 @@ class Backbone(nn.Module):
     It may use only invariant geometry (``graph.edge_len``, ``graph.triplet_cos``, element
     types, the envelopes); never positions or directions themselves. Set ``feature_dims``;
     ``feature_dims.triplet`` is None when the backbone has no triplet messages, and the
-    model then lifts edge features to triplets for heads that need them.
+    model then lifts edge features to triplets for heads that need them. Set ``max_z`` to
+    the largest atomic number the backbone embeds (its config's ``max_z``): structures with
+    heavier atoms are then refused before they reach it, naming the atom.
 
     Shapes:
         forward(graph) -> InvariantFeatures(node (N, Fn), edge (E, Fe), triplet (T, Ft) | None)
     """
 
     feature_dims: FeatureDims
+    max_z: int | None = None
+    """The largest atomic number the backbone embeds; None: unknown, and
+    :func:`tensorframe.model.embedding_limit` takes the size of its smallest ``nn.Embedding``."""
 
     def prune_outputs(self, *, triplet: bool) -> None:
         """Called by :func:`tensorframe.model.build_model` with whether any head reads triplet

@@ -32,6 +32,7 @@ class ReferenceBackbone(Backbone):
     def __init__(self, config: ReferenceBackboneConfig, settings: GraphSettings) -> None:
         super().__init__()
         h = config.hidden
+        self.max_z = config.max_z
         self.embedding = nn.Embedding(config.max_z + 1, h)
         self.radial = GaussianBasis(settings.cutoff, config.num_radial)
         self.filters = nn.ModuleList(nn.Linear(config.num_radial, h) for _ in range(config.num_interactions))

@@ -82,8 +82,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tensorframe.checkpoint import load_model
     from tensorframe.config import ConfigError
     from tensorframe.datasets import load_default_dataset
-    from tensorframe.evaluate import format_table, write_report
     from tensorframe.model import build_model
+    from tensorframe.scoring import format_table, write_report
     from tensorframe.train import parse_train_config, train
 
     backbone = args.backbone or ("etgnn" if "etgnn" in get_registry().items["backbone"] else "reference")

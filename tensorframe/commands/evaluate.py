@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tensorframe.checkpoint import load_model
     from tensorframe.commands.predict import read_inputs, structure_names
-    from tensorframe.evaluate import format_table, write_report
+    from tensorframe.scoring import format_table, write_report
 
     key_map = parse_key_map(args.key_map)  # checked before anything is loaded
     device = check_device(args.device)

@@ -14,7 +14,8 @@ class Head(nn.Module):
     """Maps :class:`InvariantFeatures` to one field.
 
     Subclasses set ``field`` (a :class:`FieldSpec`: name, level, symmetry, parity, reduce)
-    and ``needs_triplets``, and implement ``forward``.
+    and ``needs_triplets``, and implement ``forward``; a head whose output has a fixed part
+    sets ``add_identity`` or ``subtract_structure_mean`` (normalisation reads them).
 
     Shapes:
         forward(graph, features) -> (N, 3, ...) for atom-level fields,
@@ -23,6 +24,12 @@ class Head(nn.Module):
 
     field: FieldSpec
     needs_triplets: bool = False
+    add_identity: bool = False
+    """The head adds the identity to its rank-2 output (a positive-definite dielectric): its
+    :class:`~tensorframe.normalization.FieldScaling` keeps the identity and scales the rest."""
+    subtract_structure_mean: bool = False
+    """The head subtracts each structure's mean atomic tensor (the acoustic sum rule), which
+    would undo a shift: normalisation fits none for its field."""
 
     def forward(self, graph: Graph, features: InvariantFeatures) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

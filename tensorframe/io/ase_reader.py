@@ -33,7 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from tensorframe.io.checks import (
+from tensorframe.io.convert import to_sample
+from tensorframe.io.labels import DEFAULT_KEY_MAP, LabelError, check_units, collect_labels, voigt_kinds
+from tensorframe.io.prescan import XyzFrame, check_poscar_scale, open_binary, scan_xyz
+from tensorframe.io.stress import check_stress_cell
+from tensorframe.io.validation import (
     MIN_DISTANCE,
     InputError,
     check_ase_ordered,
@@ -42,10 +46,6 @@ from tensorframe.io.checks import (
     not_found,
     structure_sample,
 )
-from tensorframe.io.convert import to_sample
-from tensorframe.io.labels import DEFAULT_KEY_MAP, LabelError, check_units, collect_labels, voigt_kinds
-from tensorframe.io.prescan import XyzFrame, check_poscar_scale, open_binary, scan_xyz
-from tensorframe.io.stress import check_stress_cell
 from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 

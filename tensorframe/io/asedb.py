@@ -28,10 +28,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import check_units, collect_labels, voigt_kinds
 from tensorframe.io.stress import check_stress_cell
+from tensorframe.io.validation import MIN_DISTANCE, check_same_labels, describe_exception, not_found, structure_sample
 from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tensorframe.io.checks import check_ase_ordered, check_periodic_cell, check_pymatgen_ordered
+from tensorframe.io.validation import check_ase_ordered, check_periodic_cell, check_pymatgen_ordered
 from tensorframe.types import Sample
 
 

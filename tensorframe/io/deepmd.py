@@ -52,9 +52,9 @@ from pathlib import Path
 import numpy as np
 
 from tensorframe.fields import FieldSpec
-from tensorframe.io.checks import MIN_DISTANCE, check_same_labels, describe_exception, not_found, structure_sample
 from tensorframe.io.labels import check_units, label_array
 from tensorframe.io.stress import not_periodic, virial_to_stress
+from tensorframe.io.validation import MIN_DISTANCE, check_same_labels, describe_exception, not_found, structure_sample
 from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 

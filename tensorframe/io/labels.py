@@ -27,7 +27,7 @@ import numpy as np
 from tensorframe.fields import FieldSpec
 from tensorframe.io import units as units_module
 from tensorframe.io import voigt as voigt_module
-from tensorframe.io.checks import InputError
+from tensorframe.io.validation import InputError
 
 # Keys common in public data sets whose units are fixed (e for Born charges, dimensionless
 # dielectric tensors); read without a key_map unless ``default_keys=False``. Dipoles and

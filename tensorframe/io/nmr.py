@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorframe.io.checks import not_found
-from tensorframe.io.writers import crystal_symmetry
+from tensorframe.io.validation import not_found
+from tensorframe.space_group import crystal_symmetry
 from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 

@@ -22,7 +22,7 @@ from typing import IO, NamedTuple
 
 import numpy as np
 
-from tensorframe.io.checks import InputError
+from tensorframe.io.validation import InputError
 
 CHUNK_BYTES = 1 << 24
 """Bytes decompressed and scanned at a time (16 MiB)."""

@@ -49,10 +49,10 @@ from typing import Literal
 import numpy as np
 
 from tensorframe.io.ase_reader import guess_ase_format, prescan
-from tensorframe.io.checks import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import label_array
 from tensorframe.io.stress import require_periodic
+from tensorframe.io.validation import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 

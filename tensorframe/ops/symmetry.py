@@ -11,7 +11,6 @@ dimension; the tests compare them).
 from __future__ import annotations
 
 import functools
-import itertools
 
 import numpy as np
 import torch
@@ -93,8 +92,3 @@ def symmetric_projector(formula: str, dtype: torch.dtype = torch.float64, device
 def subspace_dim(formula: str) -> int:
     """Dimension of the formula's subspace (e.g. 6 for "ij=ji", 18 for "ijk=ikj")."""
     return int(round(np.trace(_projector_numpy(formula))))
-
-
-def permutations_of(rank: int):
-    """All index permutations of a rank-M tensor (used by tests and strategies)."""
-    return itertools.permutations(range(rank))

@@ -2,7 +2,7 @@
 invariance / consistency / Neumann checks, usable on any TensorModel or callable.
 
     from tensorframe.testing import assert_equivariant, strategies
-    from tensorframe.testing.checks import rock_salt, assert_neumann
+    from tensorframe.testing.invariance import rock_salt, assert_neumann
 
 ``strategies`` needs hypothesis (a dev dependency); it is imported lazily, and so is the
 completeness checker (:mod:`tensorframe.testing.completeness`, which needs pymatgen and e3nn):
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tensorframe.testing.checks import (
+from tensorframe.testing.equivariance import assert_equivariant, model_outputs, rotate_sample
+from tensorframe.testing.invariance import (
     apply_orthogonal,
     assert_batch_consistent,
     assert_neumann,
@@ -33,7 +34,6 @@ from tensorframe.testing.checks import (
     tetragonal_perovskite,
     wurtzite,
 )
-from tensorframe.testing.equivariance import assert_equivariant, evaluate, rotate_sample
 
 _COMPLETENESS = (
     "CHECK_DIMS",
@@ -61,7 +61,7 @@ __all__ = [
     "assert_supercell_consistent",
     "assert_translation_invariant",
     "completeness_report",
-    "evaluate",
+    "model_outputs",
     "invariant_subspace_dim",
     "load_hypothesis_profile",
     "point_group_operations",

@@ -17,7 +17,7 @@ How the span is measured (:func:`completeness_report`):
 1. G: for a molecule, pymatgen's ``PointGroupAnalyzer`` (operations about the centre of
    mass; linear molecules get an explicit C_nv / D_nh with an n = 12 rotation about the axis,
    see :func:`environment_symmetry`); for a crystal, ``SpacegroupAnalyzer`` through
-   :func:`tensorframe.testing.checks.point_group_operations`. Structure-level fields use the
+   :func:`tensorframe.testing.invariance.point_group_operations`. Structure-level fields use the
    point group of the whole structure, atom-level fields the site group of each atom (the
    operations mapping it to itself, modulo lattice translations).
 2. Required dimension: :func:`invariant_subspace_dim`, the trace of the group average of

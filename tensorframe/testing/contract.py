@@ -73,7 +73,12 @@ from tensorframe.model import TensorModel, build_model
 from tensorframe.registry import Registry, build_registry
 from tensorframe.specs import FeatureDims, GraphSettings, HeadSpec
 from tensorframe.testing import strategies as tfst
-from tensorframe.testing.checks import (
+from tensorframe.testing.derivatives import (
+    assert_forces_match_finite_differences,
+    assert_stress_matches_finite_differences,
+)
+from tensorframe.testing.equivariance import assert_equivariant, compare, model_outputs, rotate_sample, tolerances
+from tensorframe.testing.invariance import (
     assert_batch_consistent,
     assert_neumann,
     assert_periodic_images_consistent,
@@ -85,11 +90,6 @@ from tensorframe.testing.checks import (
     split_outputs,
     wurtzite,
 )
-from tensorframe.testing.derivatives import (
-    assert_forces_match_finite_differences,
-    assert_stress_matches_finite_differences,
-)
-from tensorframe.testing.equivariance import assert_equivariant, compare, evaluate, rotate_sample, tolerances
 from tensorframe.types import Graph, InvariantFeatures, Sample
 
 __all__ = [
@@ -398,7 +398,7 @@ def assert_features_supercell_consistent(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """The ``n1 x n2 x n3`` supercell (:func:`~tensorframe.testing.checks.repeat_sample`, atom
+    """The ``n1 x n2 x n3`` supercell (:func:`~tensorframe.testing.invariance.repeat_sample`, atom
     ``a`` of image ``m`` is atom ``m N + a``) has the features of the cell, copied: every node,
     edge and triplet of each image equals the cell's. Edge ``(i, j, S)`` seen from image ``c``
     reaches image ``(c + S) mod n`` of ``j`` across supercell image ``floor((c + S) / n)``.
@@ -558,7 +558,7 @@ def assert_float32_matches_float64(model: TensorModel, samples: Sequence[Sample]
     samples = list(samples)
     model64 = copy.deepcopy(model).double()
     model32 = copy.deepcopy(model).float()
-    out64, out32 = evaluate(model64, samples), evaluate(model32, samples)
+    out64, out32 = model_outputs(model64, samples), model_outputs(model32, samples)
     fields = model.fields
     for name, expected in out64.items():
         actual = out32[name]
@@ -624,7 +624,7 @@ def assert_inference_modes_agree(model: TensorModel, samples: Sequence[Sample], 
 
 def _outputs_per_structure(model: TensorModel, samples: Sequence[Sample]) -> list[dict[str, torch.Tensor]]:
     specs = dict(model.fields)
-    return split_outputs(evaluate(model, samples), specs, [s.num_atoms for s in samples])
+    return split_outputs(model_outputs(model, samples), specs, [s.num_atoms for s in samples])
 
 
 def assert_outputs_nonzero(model: TensorModel, samples: Sequence[Sample], floor: float = 1e-8) -> None:

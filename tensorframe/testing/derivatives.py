@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tensorframe.testing.equivariance import evaluate
+from tensorframe.testing.equivariance import model_outputs
 from tensorframe.types import Sample
 
 
 def _energy(model, sample: Sample) -> float:
-    return float(evaluate(model, [sample])["energy"][0])
+    return float(model_outputs(model, [sample])["energy"][0])
 
 
 def _check_float64(model) -> None:
@@ -74,7 +74,7 @@ def assert_forces_match_finite_differences(model, sample: Sample, step: float = 
                                            rtol: float = 1e-6) -> None:
     """The model's ``forces`` equal ``-dE/dr`` by central differences (float64 model)."""
     __tracebackhide__ = True
-    predicted = evaluate(model, [sample])["forces"].numpy()
+    predicted = model_outputs(model, [sample])["forces"].numpy()
     numeric = finite_difference_forces(model, sample, step)
     error = float(np.abs(predicted - numeric).max())
     tolerance = atol + rtol * float(np.abs(numeric).max())
@@ -88,7 +88,7 @@ def assert_stress_matches_finite_differences(model, sample: Sample, step: float 
     """The model's ``stress`` equals ``(1/V) dE/d eps`` by central differences (float64 model),
     and its ``virial`` is ``-V stress``."""
     __tracebackhide__ = True
-    outputs = evaluate(model, [sample])
+    outputs = model_outputs(model, [sample])
     predicted = outputs["stress"][0].numpy()
     numeric = finite_difference_stress(model, sample, step)
     error = float(np.abs(predicted - numeric).max())

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tensorframe.testing.checks import rock_salt
+from tensorframe.testing.invariance import rock_salt
 from tensorframe.types import Sample
 
 

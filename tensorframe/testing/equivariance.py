@@ -12,8 +12,8 @@ extra det(R) makes pseudo-tensors such as an axial vector right). Scalars must b
 float32 models. Fields must lie in their formula's subspace (e.g. a ``"ij=ji"`` field must be
 symmetric); that is checked too.
 
-The helpers here (``evaluate``, ``field_specs``, ``compare``) are shared by
-:mod:`tensorframe.testing.checks`.
+The helpers here (``model_outputs``, ``field_specs``, ``compare``) are shared by
+:mod:`tensorframe.testing.invariance`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tensorframe.fields import FieldSpec
 from tensorframe.registry import get_registry
 from tensorframe.types import Sample
 
-__all__ = ["assert_equivariant", "compare", "evaluate", "field_specs", "rotate_sample", "spec_for", "tolerances"]
+__all__ = ["assert_equivariant", "compare", "field_specs", "model_outputs", "rotate_sample", "spec_for", "tolerances"]
 
 ModelOrFn = Any
 """A :class:`~tensorframe.TensorModel` (anything with ``make_graph`` and ``heads``) or a callable
@@ -41,7 +41,7 @@ def _is_model(model_or_fn: ModelOrFn) -> bool:
     return hasattr(model_or_fn, "make_graph") and hasattr(model_or_fn, "heads")
 
 
-def evaluate(model_or_fn: ModelOrFn, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+def model_outputs(model_or_fn: ModelOrFn, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
     """Run a model (in eval mode, restored after) or a callable on a batch; detached outputs.
 
     Autograd stays enabled, so heads that differentiate (e.g. conservative forces) work.
@@ -203,8 +203,8 @@ def assert_equivariant(
     det = float(torch.linalg.det(rotation))
     kind, article = ("proper", "a") if det > 0 else ("improper", "an")
     specs = field_specs(model_or_fn, fields)
-    before = evaluate(model_or_fn, [sample])
-    after = evaluate(model_or_fn, [rotate_sample(sample, rotation.numpy())])
+    before = model_outputs(model_or_fn, [sample])
+    after = model_outputs(model_or_fn, [rotate_sample(sample, rotation.numpy())])
     errors: dict[str, float] = {}
     for name, value in before.items():
         spec = spec_for(specs, name)

@@ -7,7 +7,8 @@
 
     class TestMyHead(HeadContract):
         @pytest.fixture(scope="class")
-        def head_config(self):
+        @classmethod
+        def head_config(cls):
             return {"name": "myhead", "hidden": 16}   # a head config, as in a model config
 
 The head is built by ``build_model`` (so it gets the registry's field table like any model)
@@ -47,13 +48,6 @@ from tensorframe.model import TensorModel, build_model
 from tensorframe.registry import build_registry
 from tensorframe.specs import FeatureDims
 from tensorframe.testing import strategies as tfst
-from tensorframe.testing.checks import (
-    assert_batch_consistent,
-    assert_periodic_images_consistent,
-    assert_permutation_invariant,
-    assert_supercell_consistent,
-    assert_translation_invariant,
-)
 from tensorframe.testing.completeness import STANDARD_ENVIRONMENTS, CompletenessReport, assert_complete
 from tensorframe.testing.contract import (
     _KINDS,
@@ -66,6 +60,13 @@ from tensorframe.testing.contract import (
     property_test,
 )
 from tensorframe.testing.equivariance import assert_equivariant
+from tensorframe.testing.invariance import (
+    assert_batch_consistent,
+    assert_periodic_images_consistent,
+    assert_permutation_invariant,
+    assert_supercell_consistent,
+    assert_translation_invariant,
+)
 from tensorframe.types import Sample
 
 __all__ = [

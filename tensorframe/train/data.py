@@ -279,11 +279,11 @@ def fit_normalization(model: TensorModel, samples: Sequence[Sample], targets: It
         unit = np.eye(3).reshape(-1) if field.rank == 2 else np.ones(1)
         extensive = field.level == "structure" and field.reduce == "sum"
         per_row = atom_counts if extensive else np.ones(flat.shape[0])
-        if getattr(scaling, "keep_identity", False):
+        if scaling.keep_identity:
             residual, offset = flat - unit, 0.0
         else:
             residual, offset = flat, 0.0
-            if shift and scaling.supports_shift and not getattr(head, "subtract_structure_mean", False):
+            if shift and scaling.supports_shift and not (head is not None and head.subtract_structure_mean):
                 isotropic = (flat @ unit) / unit.sum()  # the value for rank 0, trace / 3 for rank 2
                 offset = float(isotropic.sum() / per_row.sum())
                 residual = flat - offset * per_row[:, None] * unit

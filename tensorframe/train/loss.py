@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from tensorframe.fields import FieldSpec
+from tensorframe.scoring import mae_rmse
 
 LossKind = Literal["euclidean", "mse", "mae"]
 # Columns of the statistics gathered per field: summed loss, number of loss terms, summed
@@ -91,6 +92,5 @@ def summarize(stats: torch.Tensor, weights: Mapping[str, float]) -> dict[str, fl
         field_loss = loss_sum_ / max(loss_count, 1.0)
         out["loss"] += weight * field_loss
         out[f"loss_{name}"] = field_loss
-        out[f"mae_{name}"] = abs_sum / max(count, 1.0)
-        out[f"rmse_{name}"] = (sq_sum / max(count, 1.0)) ** 0.5
+        out[f"mae_{name}"], out[f"rmse_{name}"] = mae_rmse(abs_sum, sq_sum, count)
     return out

@@ -61,8 +61,8 @@ from tensorframe.train.distributed import (
     wrap_model,
 )
 from tensorframe.train.ema import WeightAverage
-from tensorframe.train.logging import CsvLog, EpochProgress, TensorBoardLog
 from tensorframe.train.loss import batch_loss, summarize
+from tensorframe.train.run_log import CsvLog, EpochProgress, TensorBoardLog
 from tensorframe.train.state import capture_rng_states, restore_rng_states, seed_everything
 
 StepCallback = Callable[["Trainer", int], None]
@@ -252,7 +252,7 @@ class Trainer:
         return nullcontext()
 
     @torch.no_grad()
-    def evaluate(self, indices: list[int]) -> dict[str, float]:
+    def split_metrics(self, indices: list[int]) -> dict[str, float]:
         """Loss and per-field MAE / RMSE (physical units) over ``indices``, summed over processes."""
         self.model.eval()
         stats = torch.zeros((len(self.targets), 5), dtype=torch.float64, device=self.context.device)
@@ -363,7 +363,7 @@ class Trainer:
                                            device=self.context.device), self.context)
         train_loss = float(sums[0] / sums[1])
         with self._averaged():
-            valid = self.evaluate(self.split["valid"])
+            valid = self.split_metrics(self.split["valid"])
             weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
@@ -403,9 +403,9 @@ class Trainer:
         if self.best_state is not None:
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(self.best_state)
-            metrics["valid"] = self.evaluate(self.split["valid"])
+            metrics["valid"] = self.split_metrics(self.split["valid"])
             if self.split["test"]:
-                metrics["test"] = self.evaluate(self.split["test"])
+                metrics["test"] = self.split_metrics(self.split["test"])
             if self.context.is_main and self.config.parity_plots:
                 parity_dir = self._parity_plots()
             self.model.load_state_dict(current)
@@ -418,7 +418,7 @@ class Trainer:
     def _parity_plots(self) -> Path:
         """``parity/parity_<field>.png`` per target field, for the model as it is (the best one)
         on the test split, else the validation split; says so in one printed line."""
-        from tensorframe.evaluate import collect_pairs, parity_plot
+        from tensorframe.scoring import collect_pairs, parity_plot
 
         split = "test" if self.split["test"] else "valid"
         samples = [self.dataset.samples[i] for i in self.split[split]]

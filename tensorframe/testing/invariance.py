@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from tensorframe.fields import FieldSpec
+from tensorframe.outputs import split_by_structure
 from tensorframe.testing.equivariance import (
     ModelOrFn,
     check_shape,
     compare,
-    evaluate,
     field_specs,
+    model_outputs,
     spec_for,
     tolerances,
 )
@@ -62,18 +63,15 @@ __all__ = [
 def split_outputs(
     outputs: Mapping[str, torch.Tensor], specs: Mapping[str, FieldSpec], counts: Sequence[int]
 ) -> list[dict[str, torch.Tensor]]:
-    """Batched outputs as one dict per structure (atom fields by atom counts).
+    """Batched outputs as one dict per structure (atom fields by atom counts), each output's
+    shape checked first (:func:`tensorframe.outputs.split_by_structure` does the split).
 
     Shapes: {field: (N_total, ...) | (B, ...)} -> B x {field: (N_b, ...) | (...)}
     """
-    ptr = np.concatenate([[0], np.cumsum(counts)])
-    rows: list[dict[str, torch.Tensor]] = [{} for _ in counts]
+    ptr = np.concatenate([[0], np.cumsum(counts)]).tolist()
     for name, value in outputs.items():
-        spec = spec_for(specs, name)
-        check_shape(name, spec, value, int(ptr[-1]), len(counts))
-        for b in range(len(counts)):
-            rows[b][name] = value[ptr[b] : ptr[b + 1]] if spec.level == "atom" else value[b]
-    return rows
+        check_shape(name, spec_for(specs, name), value, ptr[-1], len(counts))
+    return split_by_structure(outputs, specs, ptr)
 
 
 def _assert_fields_close(
@@ -105,7 +103,7 @@ def _assert_fields_close(
 
 
 def _single(model_or_fn: ModelOrFn, sample: Sample, specs: Mapping[str, FieldSpec]) -> dict[str, torch.Tensor]:
-    return split_outputs(evaluate(model_or_fn, [sample]), specs, [sample.num_atoms])[0]
+    return split_outputs(model_outputs(model_or_fn, [sample]), specs, [sample.num_atoms])[0]
 
 
 def _require_periodic(sample: Sample, check: str) -> np.ndarray:
@@ -300,7 +298,7 @@ def assert_batch_consistent(
         orders = [list(range(n)), list(range(n))[::-1], np.random.default_rng(3).permutation(n).tolist()]
     for order in orders:
         batch = [samples[i] for i in order]
-        rows = split_outputs(evaluate(model_or_fn, batch), specs, [s.num_atoms for s in batch])
+        rows = split_outputs(model_outputs(model_or_fn, batch), specs, [s.num_atoms for s in batch])
         for position, index in enumerate(order):
             _assert_fields_close(
                 rows[position], alone[index], atol, rtol,

@@ -1,5 +1,7 @@
-"""Structure files plus a CSV of labels: the layout of the authors' released ETGNN code
-(github.com/Yuxing0926/ETGNN, ``GraphData/data_parsing.py``), so its users can move over.
+"""The ``id_prop`` reader: structure files plus a CSV of labels (``id_prop.csv``), the layout of
+the authors' released ETGNN code (github.com/Yuxing0926/ETGNN, ``GraphData/data_parsing.py``),
+so its users can move over. (The reader was called ``etgnn`` before; that name is now only
+the backbone's, and ``format="etgnn"`` is a deprecated alias, see :mod:`tensorframe.io.read`.)
 
 Layout::
 
@@ -32,16 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorframe.io.checks import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.io.convert import to_sample
 from tensorframe.io.labels import check_units, label_array, voigt_kinds
+from tensorframe.io.validation import MIN_DISTANCE, describe_exception, not_found, structure_sample
 from tensorframe.specs import FieldTable
 from tensorframe.types import Sample
 
 EXTENSIONS = {"poscar": (".vasp",), "cif": (".cif",), None: (".vasp", ".cif")}
 
 
-def read_etgnn(
+def read_id_prop(
     path: str | Path,
     field: str | None = None,
     structures: str | Path | None = None,
@@ -78,7 +80,7 @@ def read_etgnn(
         raise ValueError(f"file_type: expected 'poscar' or 'cif', got {file_type!r}")
     if field is None:
         raise ValueError(
-            f"{table}: the etgnn reader needs field= (the field the CSV values are, e.g. 'born_charges' with "
+            f"{table}: the id_prop reader needs field= (the field the CSV values are, e.g. 'born_charges' with "
             f"9 numbers per atom, or 'dielectric' with 9 per structure)"
         )
     if field not in fields:

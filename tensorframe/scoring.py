@@ -1,4 +1,4 @@
-"""Metrics of a model on labelled structures: per field and per Cartesian component, and parity plots.
+"""Scoring a model against labelled structures: MAE and RMSE per field and per Cartesian component, and parity plots.
 
 For each field the model predicts and the data labels, every labelled tensor is flattened
 row-major into its 3**rank components (``xx, xy, xz, yx, ...``; a scalar has one component,
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,27 +92,41 @@ def collect_pairs(model: Any, samples: Sequence[Sample], batch_size: int = 16,
     }
 
 
+def mae_rmse(abs_sum: float, sq_sum: float, count: float) -> tuple[float, float]:
+    """MAE and RMSE of ``count`` error components from their summed absolute and squared values
+    (sums that can be gathered batch by batch and over processes); (0, 0) when ``count`` is 0.
+
+    The one definition of both metrics: used by :func:`metrics` and by the trainer's
+    :func:`tensorframe.train.loss.summarize`.
+    """
+    count = max(float(count), 1.0)
+    return abs_sum / count, math.sqrt(sq_sum / count)
+
+
+def error_metrics(error: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """``{"mae", "rmse", "target_std"}`` of an array of errors and of the labels' spread.
+
+    Shapes: error, target (M,) or (M, C), same shape
+    """
+    mae, rmse = mae_rmse(float(np.abs(error).sum()), float(np.square(error).sum()), error.size)
+    return {"mae": mae, "rmse": rmse, "target_std": float(target.std())}
+
+
 def metrics(pairs: FieldPairs) -> dict[str, Any]:
     """MAE/RMSE over all components and per component, and the labels' spread (std) for scale."""
     error = pairs.predicted - pairs.target
-    per_component = {
-        name: {"mae": float(np.abs(error[:, c]).mean()), "rmse": float(np.sqrt((error[:, c] ** 2).mean())),
-               "target_std": float(pairs.target[:, c].std())}
-        for c, name in enumerate(pairs.components)
-    }
+    per_component = {name: error_metrics(error[:, c], pairs.target[:, c]) for c, name in enumerate(pairs.components)}
     return {
         "level": pairs.level,
         "units": pairs.units,
         "count": int(error.shape[0]),
         "num_structures": pairs.num_structures,
-        "mae": float(np.abs(error).mean()),
-        "rmse": float(np.sqrt((error**2).mean())),
-        "target_std": float(pairs.target.std()),
+        **error_metrics(error, pairs.target),
         "components": per_component,
     }
 
 
-def evaluate(model: Any, samples: Sequence[Sample], batch_size: int = 16) -> dict[str, Any]:
+def score(model: Any, samples: Sequence[Sample], batch_size: int = 16) -> dict[str, Any]:
     """``{"num_structures": B, "fields": {field: metrics}, "unlabelled": [...]}`` for ``model`` on ``samples``.
 
     Each field's metrics: ``count`` (atoms or structures with a label), ``mae``, ``rmse``,
@@ -303,5 +318,5 @@ def write_report(model: Any, samples: Sequence[Sample], outdir: str | Path, batc
     return result
 
 
-__all__ = ["FieldPairs", "ParityPanel", "collect_pairs", "component_names", "evaluate", "format_table",
-           "independent_components", "metrics", "parity_plot", "robust_limits", "write_report"]
+__all__ = ["FieldPairs", "ParityPanel", "collect_pairs", "component_names", "error_metrics", "format_table",
+           "independent_components", "mae_rmse", "metrics", "parity_plot", "robust_limits", "score", "write_report"]
