@@ -30,7 +30,7 @@ BUILTINS = {
     "field": {"energy", "forces", "dipole", "born_charges", "dielectric", "polarizability", "piezo",
               "hyperpolarizability", "piezo_strain", "elastic", "stress", "virial", "atomic_dipole",
               "atomic_polarizability", "nmr_shielding"},
-    "reader": {"ase", "asedb", "deepmd", "etgnn", "matten-nmr", "vasp"},
+    "reader": {"ase", "asedb", "deepmd", "id_prop", "matten-nmr", "vasp"},
 }
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("tensorframe_"))
 
@@ -361,12 +361,70 @@ def test_unknown_reader_lists_the_readers():
         read_structures("x.xml", format="vasprun")
 
 
-def test_plugin_guide_shows_the_tested_example_verbatim():
-    """docs/plugins.md stays true: its code blocks from the example are the tested file's code."""
-    guide = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
-    blocks = guide.split("```python\n")[1:]
-    snippets = [block.split("```")[0] for block in blocks]
-    from_example = [s for s in snippets if "def tensorframe_register_" in s or "class Toy" in s or "def read_toy" in s]
-    assert len(from_example) >= 4
-    for snippet in from_example:
-        assert snippet.strip() in TOY_PLUGIN, snippet[:80]
+# ---- the plugin guide: every python block is tested code ----
+
+GUIDE = Path(__file__).parents[1] / "docs" / "plugins.md"
+EXAMPLES = Path(__file__).parents[1] / "docs" / "examples"
+TESTED_EXAMPLES = {
+    "toy_plugin.py": "installed and used here; its suite runs in tests/test_plugin_guide.py",
+    "toy_plugin_tests.py": "run on the installed toy by tests/test_plugin_guide.py",
+    "quadrupole_head_plugin.py": "registered, used and line-counted by tests/test_plugin_guide.py",
+    "quadrupole_head_tests.py": "run with the plugin by tests/test_plugin_guide.py",
+}
+"""The example files and the test that uses each: a guide block found verbatim in one is tested."""
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The contents of the markdown's ```python blocks, in order."""
+    return [block.split("```", 1)[0] for block in markdown.split("```python\n")[1:]]
+
+
+def example_holding(block: str, examples: dict[str, str]) -> str | None:
+    """The name of the example file whose code holds ``block`` verbatim, or None."""
+    return next((name for name, code in examples.items() if block.strip() in code), None)
+
+
+GUIDE_BLOCKS = python_blocks(GUIDE.read_text())
+
+
+def test_every_example_file_is_tested():
+    """A new example file must say which test uses it (else its blocks would pass unchecked)."""
+    assert sorted(path.name for path in EXAMPLES.glob("*.py")) == sorted(TESTED_EXAMPLES)
+
+
+@pytest.mark.parametrize("index", range(len(GUIDE_BLOCKS)), ids=lambda i: f"{i}-{GUIDE_BLOCKS[i].strip().splitlines()[0][:40]}")
+def test_every_python_block_of_the_guide_is_tested_code_or_runs_as_printed(site, index):
+    """docs/plugins.md stays true: each python block is either the code of a tested example
+    file, verbatim, or complete (imports included) and runs on its own in a fresh namespace,
+    with the toy plugin installed as ``tensorframe-toy``."""
+    block = GUIDE_BLOCKS[index]
+    examples = {path.name: path.read_text() for path in EXAMPLES.glob("*.py")}
+    if example_holding(block, examples) is not None:
+        return
+    make_distribution(site, "tensorframe-toy", {"toy": "toy_plugin"}, {"toy_plugin": TOY_PLUGIN})
+    exec(compile(block, f"docs/plugins.md, python block {index}", "exec"), {"__name__": "guide_block"})
+
+
+def test_the_guide_shows_the_example_plugins():
+    """The toy's imports, backbone, head, reader and hooks and the whole head plugin are in the guide."""
+    examples = {path.name: path.read_text() for path in EXAMPLES.glob("*.py")}
+    shown = [example_holding(block, examples) for block in GUIDE_BLOCKS]
+    assert shown.count("toy_plugin.py") >= 5
+    assert "quadrupole_head_plugin.py" in shown and "toy_plugin_tests.py" in shown and "quadrupole_head_tests.py" in shown
+    blocks = "".join(GUIDE_BLOCKS)
+    assert examples["quadrupole_head_plugin.py"].strip() in blocks  # the head plugin whole, not excerpts
+    for part in ("from tensorframe import (", "class ToyBackbone(Backbone):", "def build_toy_moment_head(",
+                 "def read_toy(", "def tensorframe_register_readers():"):
+        assert part in blocks, part
+
+
+def test_the_block_check_sees_an_edited_or_incomplete_block(site):
+    """A block that differs from its example by one character, or that leaves out its imports,
+    fails."""
+    examples = {"toy_plugin.py": TOY_PLUGIN}
+    (backbone,) = [block for block in GUIDE_BLOCKS if "class ToyBackbone(Backbone):" in block]
+    assert example_holding(backbone, examples) == "toy_plugin.py"
+    assert example_holding(backbone.replace("width", "widht", 1), examples) is None
+    without_imports = "model = build_model({'backbone': {'name': 'reference'}, 'heads': [{'name': 'force'}]})"
+    with pytest.raises(NameError, match="build_model"):
+        exec(compile(without_imports, "block", "exec"), {})

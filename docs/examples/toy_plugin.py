@@ -2,23 +2,32 @@
 
 tests/test_plugins.py installs this very file as a throwaway distribution ``tensorframe-toy``
 (entry point ``toy = "toy_plugin"`` in the group ``tensorframe``) and proves that
-``tensorframe plugins`` lists it and that ``build_model`` uses it.
+``tensorframe plugins`` lists it and that ``build_model`` uses it; tests/test_plugin_guide.py
+runs the backbone and head contracts on it (docs/examples/test_toy_plugin.py).
 """
-
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 import tensorframe
-from tensorframe.backbones import Backbone
-from tensorframe.fields import FieldSpec
-from tensorframe.heads import Head
-from tensorframe.ops.radial import GaussianBasis
-from tensorframe.ops.scatter import scatter_sum
-from tensorframe.specs import BackboneSpec, FeatureDims, HeadSpec, PluginConfig, ReaderSpec
-from tensorframe.types import Graph, InvariantFeatures, Sample
+from tensorframe import (
+    Backbone,
+    BackboneSpec,
+    CartesianTensorHead,
+    FeatureDims,
+    FieldSpec,
+    FieldTable,
+    GaussianBasis,
+    Graph,
+    GraphSettings,
+    HeadSpec,
+    InvariantFeatures,
+    PluginConfig,
+    ReaderSpec,
+    Sample,
+    scatter_sum,
+)
 
 # ---- 1. a backbone: invariant features only ------------------------------------------
 
@@ -28,10 +37,10 @@ class ToyConfig(PluginConfig):
 
 
 class ToyBackbone(Backbone):
-    """Element embeddings times a distance expansion; no triplet features (the core lifts
-    edge features to triplets for heads that need them)."""
+    """Element embeddings times a distance expansion per edge, summed into the atoms; no
+    triplet features (the core lifts edge features to triplets for heads that need them)."""
 
-    def __init__(self, config: ToyConfig, settings: tensorframe.GraphSettings) -> None:
+    def __init__(self, config: ToyConfig, settings: GraphSettings) -> None:
         super().__init__()
         self.embedding = nn.Embedding(100, config.width)
         self.radial = GaussianBasis(settings.cutoff, config.width)
@@ -39,10 +48,13 @@ class ToyBackbone(Backbone):
         self.feature_dims = FeatureDims(node=config.width, edge=config.width)
 
     def forward(self, graph: Graph) -> InvariantFeatures:
-        node = self.embedding(graph.numbers)
+        species = self.embedding(graph.numbers)  # (N, width)
         # Centre and neighbour kept apart, so an edge and its reverse get different features.
-        pair = self.mix(nn.functional.silu(torch.cat([node[graph.idx_i], node[graph.idx_j]], dim=-1)))
-        return InvariantFeatures(node=node, edge=pair * self.radial(graph.edge_len))
+        pair = self.mix(nn.functional.silu(torch.cat([species[graph.idx_i], species[graph.idx_j]], dim=-1)))
+        # Times the envelope: an edge fades out smoothly as its neighbour reaches the cutoff.
+        edge = pair * self.radial(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)  # (E, width)
+        node = species + scatter_sum(edge, graph.idx_i, graph.num_nodes)  # one message pass: (N, width)
+        return InvariantFeatures(node=node, edge=edge)
 
 
 # ---- 2. a field and a tensor head -----------------------------------------------------
@@ -54,29 +66,18 @@ class ToyHeadConfig(PluginConfig):
     hidden: int = 8
 
 
-class ToyMomentHead(Head):
-    """mu = sum_j sum_k t_kj e_kj: an invariant coefficient per edge times the edge's unit
-    vector (odd parity, like a dipole), summed to atoms, then to structures.
-
-    Shapes: -> (B, 3)
-    """
-
-    def __init__(self, config: ToyHeadConfig, dims: FeatureDims, fields: Mapping[str, FieldSpec]) -> None:
-        super().__init__()
-        self.field = fields["toy_moment"]  # the field table of the registry the model is built from
-        self.coefficients = nn.Sequential(nn.Linear(dims.edge, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 1))
-
-    def forward(self, graph: Graph, features: InvariantFeatures) -> torch.Tensor:
-        t = self.coefficients(features.edge) * graph.edge_envelope.unsqueeze(-1)  # (E, 1), invariant
-        atomic = scatter_sum(t * graph.edge_dir, graph.idx_i, graph.num_nodes)  # (N, 3), equivariant
-        return scatter_sum(atomic, graph.batch, graph.num_structures)  # (B, 3)
+def build_toy_moment_head(config: ToyHeadConfig, dims: FeatureDims, fields: FieldTable) -> CartesianTensorHead:
+    """mu = sum_j sum_k t_kj e_kj: an invariant coefficient per edge (from the edge features)
+    times the edge's unit vector (the word "a": odd parity, like a dipole), summed to atoms,
+    then to structures (the field's ``reduce``). Shapes: -> (B, 3)"""
+    return CartesianTensorHead(fields["toy_moment"], dims, edge_words=("a",), triplet_words=(), hidden=config.hidden)
 
 
 # ---- 3. a reader -----------------------------------------------------------------------
 
 
-def read_toy(path, **options):
-    """Lines of 'Z x y z': one molecule."""
+def read_toy(path, *, fields, **options):
+    """Lines of 'Z x y z': one molecule, no labels (``fields``: the registry's field table)."""
     data = np.loadtxt(path, ndmin=2)
     return [Sample(data[:, 0].astype(int), data[:, 1:4])]
 
@@ -91,7 +92,7 @@ def tensorframe_register_backbones():
 
 @tensorframe.hookimpl
 def tensorframe_register_heads():
-    return [HeadSpec("toy_moment", ToyHeadConfig, ToyMomentHead, "toy vector head")]
+    return [HeadSpec("toy_moment", ToyHeadConfig, build_toy_moment_head, "toy vector head")]
 
 
 @tensorframe.hookimpl

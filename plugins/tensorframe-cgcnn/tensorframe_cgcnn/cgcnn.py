@@ -22,11 +22,16 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from tensorframe.backbones import Backbone
-from tensorframe.ops.radial import GaussianBasis
-from tensorframe.ops.scatter import scatter_sum
-from tensorframe.specs import FeatureDims, GraphSettings, PluginConfig
-from tensorframe.types import Graph, InvariantFeatures
+from tensorframe import (
+    Backbone,
+    FeatureDims,
+    GaussianBasis,
+    Graph,
+    GraphSettings,
+    InvariantFeatures,
+    PluginConfig,
+    scatter_sum,
+)
 
 
 class CGCNNConfig(PluginConfig):

@@ -14,8 +14,7 @@ from tensorframe_cgcnn import CGCNNConfig
 from tensorframe_cgcnn.cgcnn import GatedConv
 from torch import nn
 
-from tensorframe import FeatureDims
-from tensorframe.registry import build_registry
+from tensorframe import FeatureDims, build_registry
 from tensorframe.testing import assert_batch_consistent
 from tensorframe.testing.contract import (
     BackboneContract,

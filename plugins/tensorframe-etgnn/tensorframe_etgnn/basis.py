@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tensorframe.ops.radial import legendre_basis
+from tensorframe import legendre_basis
 
 
 def spherical_bessel_numpy(order: int, x: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from tensorframe.ops.scatter import scatter_sum
+from tensorframe import scatter_sum
 from tensorframe_etgnn.ops import gather_mul
 
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}

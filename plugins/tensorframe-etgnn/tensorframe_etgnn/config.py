@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 
-from tensorframe.specs import PluginConfig
+from tensorframe import PluginConfig
 
 
 class ETGNNConfig(PluginConfig):

@@ -22,10 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tensorframe.backbones.base import Backbone
-from tensorframe.ops.radial import BesselBasis
-from tensorframe.specs import FeatureDims, GraphSettings
-from tensorframe.types import Graph, InvariantFeatures
+from tensorframe import Backbone, BesselBasis, FeatureDims, Graph, GraphSettings, InvariantFeatures
 from tensorframe_etgnn.basis import SphericalBasis
 from tensorframe_etgnn.blocks import EdgeEmbedding, InteractionBlock, NodeOutput, TripletEmbedding
 from tensorframe_etgnn.config import ETGNNConfig
@@ -47,6 +44,7 @@ class ETGNN(Backbone):
     def __init__(self, config: ETGNNConfig, settings: GraphSettings) -> None:
         super().__init__()
         self.config = config
+        self.max_z = config.max_z
         c = config
         num_sbf = c.num_spherical * c.num_spherical_radial
         self.rbf = BesselBasis(settings.cutoff, c.num_radial)
@@ -71,9 +69,9 @@ class ETGNN(Backbone):
         self.triplet_output = bool(triplet)
 
     def forward(self, graph: Graph) -> InvariantFeatures:
-        if graph.numbers.numel() and int(graph.numbers.max()) > self.config.max_z:
+        if graph.numbers.numel() and int(graph.numbers.max()) > self.max_z:
             raise ValueError(
-                f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = {self.config.max_z}, "
+                f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = {self.max_z}, "
                 f"the largest element this backbone embeds; raise max_z in its config"
             )
         rbf = self.rbf(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tensorframe.ops.scatter import scatter_sum
+from tensorframe import scatter_sum
 
 
 class _GatherMul(torch.autograd.Function):

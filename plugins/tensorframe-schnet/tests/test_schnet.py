@@ -10,8 +10,7 @@ import torch
 from tensorframe_schnet import SchNetConfig
 from tensorframe_schnet.schnet import InteractionBlock, ShiftedSoftplus
 
-from tensorframe import FeatureDims
-from tensorframe.registry import build_registry
+from tensorframe import FeatureDims, build_registry
 from tensorframe.testing.contract import BackboneContract, default_backbone
 
 
