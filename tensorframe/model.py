@@ -24,6 +24,7 @@ from tensorframe.config import (
 )
 from tensorframe.conservative import check_conservative_heads, energy_derivatives
 from tensorframe.fields import DERIVED_FIELDS, FieldSpec, builtin_field
+from tensorframe.graph.cache import GraphCache
 from tensorframe.graph.collate import build_graph
 from tensorframe.heads.base import Head
 from tensorframe.io.convert import to_sample
@@ -130,17 +131,21 @@ class TensorModel(nn.Module):
         return next(self.parameters())
 
     def make_graph(self, samples: Sequence[Sample], device: torch.device | str | None = None,
-                   names: Sequence[str] | None = None) -> Graph:
+                   names: Sequence[str] | None = None, cache: GraphCache | None = None,
+                   keys: Sequence[int] | None = None) -> Graph:
         """A batched graph with this model's cutoffs, dtype and (by default) device; ``names``
-        (one per sample, e.g. ``"data.xyz: structure 3"``) label errors."""
+        (one per sample, e.g. ``"data.xyz: structure 3"``) label errors. With a ``cache`` and
+        ``keys`` (one per sample, e.g. dataset indices), topologies come from the cache (filled
+        on first use; emptied first if it holds other graph settings): the same graph."""
         reference = self._reference()
         settings = self.graph_settings
-        return build_graph(
-            samples, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
-            dtype=reference.dtype, device=device if device is not None else reference.device,
-            shell_tolerance=settings.neighbor_shell_tolerance, names=names,
-            activation_bytes=self.activation_bytes(),
-        )
+        options = dict(dtype=reference.dtype, device=device if device is not None else reference.device,
+                       shell_tolerance=settings.neighbor_shell_tolerance, names=names,
+                       activation_bytes=self.activation_bytes())
+        if cache is not None and keys is not None:
+            return cache.graph(samples, keys, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
+                               **options)
+        return build_graph(samples, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors, **options)
 
     ALIVE_ACTIVATIONS = 4
     """Feature-sized tensors per edge (triplet) assumed alive at once in a forward pass."""

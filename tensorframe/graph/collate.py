@@ -76,10 +76,37 @@ def build_graph(
     def long(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.concatenate(arrays)).to(device=device, dtype=torch.long)
 
-    counts = [s.num_atoms for s in samples]
     check_graph_size(sum(a.shape[0] for a in idx_i), num_triplets, offset, len(samples), budget,
                      f"batch of {len(samples)} structures", activation_bytes)
-    numbers = long([s.numbers for s in samples])
+    return assemble_graph(samples, long(idx_i), long(idx_j), long([s.reshape(-1, 3) for s in shifts]),
+                          long(edge_batch), cutoff, triplet_cutoff, dtype, device, positions)
+
+
+def assemble_graph(
+    samples: Sequence[Sample],
+    idx_i: torch.Tensor,
+    idx_j: torch.Tensor,
+    cell_shift: torch.Tensor,
+    edge_batch: torch.Tensor,
+    cutoff: float,
+    triplet_cutoff: float,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    positions: torch.Tensor | None = None,
+    triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> Graph:
+    """The :class:`Graph` of a batch from its joined edges: atoms, geometry, triplets.
+
+    ``triplets = (idx_kj, idx_ji, in_triplets)`` are prebuilt triplets (e.g. from
+    :class:`tensorframe.graph.cache.GraphCache`) with the edge mask they were built from;
+    they are used when that mask equals this batch's ``edge_len < triplet_cutoff`` and
+    rebuilt otherwise, so the result never depends on where the triplets came from.
+
+    Shapes: idx_i, idx_j, edge_batch (E,) long; cell_shift (E, 3) long;
+    triplets (T,), (T,) long and (E,) bool.
+    """
+    counts = [s.num_atoms for s in samples]
+    numbers = torch.from_numpy(np.concatenate([s.numbers for s in samples])).to(device=device, dtype=torch.long)
     if positions is None:
         centred = [s.positions - s.positions.mean(axis=0) for s in samples]  # float64
         positions = torch.from_numpy(np.concatenate(centred)).to(device=device, dtype=dtype)
@@ -87,12 +114,13 @@ def build_graph(
     pbc = torch.from_numpy(np.stack([s.pbc for s in samples])).to(device=device)
     batch = torch.repeat_interleave(torch.arange(len(samples), device=device), torch.tensor(counts, device=device))
     ptr = torch.tensor([0, *np.cumsum(counts).tolist()], device=device, dtype=torch.long)
-    idx_i_t, idx_j_t, edge_batch_t = long(idx_i), long(idx_j), long(edge_batch)
-    shift_t = long([s.reshape(-1, 3) for s in shifts])
 
-    edge_vec, edge_len, edge_dir = edge_geometry(positions, cell, idx_i_t, idx_j_t, shift_t, edge_batch_t)
+    edge_vec, edge_len, edge_dir = edge_geometry(positions, cell, idx_i, idx_j, cell_shift, edge_batch)
     in_triplets = edge_len.detach() < triplet_cutoff
-    idx_kj, idx_ji = build_triplets(idx_i_t, idx_j_t, shift_t, offset, in_triplets)
+    if triplets is not None and torch.equal(triplets[2], in_triplets):
+        idx_kj, idx_ji = triplets[0], triplets[1]
+    else:
+        idx_kj, idx_ji = build_triplets(idx_i, idx_j, cell_shift, sum(counts), in_triplets)
     return Graph(
         numbers=numbers,
         positions=positions,
@@ -100,10 +128,10 @@ def build_graph(
         ptr=ptr,
         cell=cell,
         pbc=pbc,
-        idx_i=idx_i_t,
-        idx_j=idx_j_t,
-        cell_shift=shift_t,
-        edge_batch=edge_batch_t,
+        idx_i=idx_i,
+        idx_j=idx_j,
+        cell_shift=cell_shift,
+        edge_batch=edge_batch,
         edge_vec=edge_vec,
         edge_len=edge_len,
         edge_dir=edge_dir,
@@ -172,4 +200,4 @@ def edge_geometry(
     return edge_vec, edge_len, edge_dir
 
 
-__all__ = ["build_graph", "deform_graph", "derived_geometry", "edge_geometry"]
+__all__ = ["assemble_graph", "build_graph", "deform_graph", "derived_geometry", "edge_geometry"]

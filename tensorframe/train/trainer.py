@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from tensorframe.checkpoint import LEGACY_FORMATS, load_checkpoint, save_checkpoint, with_paper_basis
 from tensorframe.config import ConfigError, ModelConfig
+from tensorframe.graph.cache import DEFAULT_CACHE_BUDGET_GB, GraphCache, estimated_cache_bytes
 from tensorframe.model import TensorModel, build_model
 from tensorframe.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_path
 from tensorframe.train.data import (
@@ -149,6 +150,7 @@ class Trainer:
         self.dataset: Dataset = load_dataset(config.data, self.base_dir)
         self.split = split_indices(len(self.dataset), config.split, self.base_dir)
         validate_samples(self.model, self.dataset, [i for part in self.split.values() for i in part], list(self.targets))
+        self.graph_cache = self._choose_graph_cache()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optimizer.lr,
                                            weight_decay=config.optimizer.weight_decay)
         self.scheduler = None
@@ -176,6 +178,25 @@ class Trainer:
                     self.model.scaling[name].set(scale, shift)
         self.scales = {name: float(self.model.scaling[name].scale) for name in self.targets}
         self.network = wrap_model(TargetHeads(self.model, list(self.targets)), self.context)
+
+    def _choose_graph_cache(self) -> GraphCache | None:
+        """A :class:`GraphCache` for ``graph_cache: true``; for ``auto`` one unless the estimated
+        cache of the split structures exceeds :data:`DEFAULT_CACHE_BUDGET_GB`
+        (then a one-line note); None for ``false``. Filled lazily, so a resumed run refills it."""
+        choice = self.config.graph_cache
+        if choice is False:
+            return None
+        if choice == "auto":
+            settings = self.model.graph_settings
+            seen = [self.dataset.samples[i] for part in self.split.values() for i in part]
+            estimate = estimated_cache_bytes(seen, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors)
+            if estimate > DEFAULT_CACHE_BUDGET_GB * 2**30:
+                if self.context.is_main:
+                    print(f"graph_cache: auto: off, the estimated cache of the dataset's structures "
+                          f"(~{estimate / 2**30:.1f} GiB) exceeds {DEFAULT_CACHE_BUDGET_GB:g} GiB; graphs are rebuilt "
+                          f"every batch (set graph_cache: true to cache anyway)")
+                return None
+        return GraphCache()
 
     def _load_last(self, path: Path) -> None:
         if not path.exists():
@@ -242,7 +263,7 @@ class Trainer:
     # -------------------------------------------------------------- batches
     def _batch(self, indices: list[int]):
         samples = [self.dataset.samples[i] for i in indices]
-        graph = self.model.make_graph(samples, self.context.device)
+        graph = self.model.make_graph(samples, self.context.device, cache=self.graph_cache, keys=indices)
         labels = collate_targets(samples, self.fields, self.targets, self.dtype, self.context.device)
         return graph, labels
 

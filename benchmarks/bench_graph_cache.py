@@ -1,0 +1,165 @@
+"""Training throughput with and without the graph cache (issue 13, item 2), side by side.
+
+On a subset of the becs-eps task (e3nn crystal BECs and dielectric tensors) at the paper's
+graph settings (cutoff 6 Å, triplet cutoff 4 Å, max_neighbors 32), for ETGNN (the suite's
+size) and the small reference backbone: training steps as the trainer takes them (graph,
+forward, euclidean loss, backward, AdamW step), one model per mode from the same seed. A
+warm-up epoch per mode (it fills the cache), then the timed epochs alternate between the
+modes, so both see the same machine state; the losses of the two modes must be identical.
+Also: building the graphs of one epoch's batches vs collating them from the filled cache,
+and the cache's bytes for the whole becs-eps set.
+
+Run: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_graph_cache`` (about a minute);
+writes ``benchmarks/results/graph_cache.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.suite import BACKBONES
+from benchmarks.tasks import TASKS, load_task
+from benchmarks.toolkit import RESULTS, environment, seeded_model, write_json
+from tensorframe.graph import build_graph
+from tensorframe.graph.cache import GraphCache, estimated_cache_bytes
+from tensorframe.train.data import collate_targets
+from tensorframe.train.loss import batch_loss
+from tensorframe.types import Sample
+
+CUTOFF, TRIPLET_CUTOFF, MAX_NEIGHBORS = 6.0, 4.0, 32
+TASK = "becs-eps"
+
+
+def _batches(count: int, size: int) -> list[list[int]]:
+    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+
+class TrainingRun:
+    """One model, optimizer and (optional) graph cache, stepping through epochs of ``samples``."""
+
+    def __init__(self, backbone: dict[str, Any], samples: Sequence[Sample], batch_size: int, cached: bool) -> None:
+        task = TASKS[TASK]
+        self.model = seeded_model(CUTOFF, TRIPLET_CUTOFF, backbone, task.heads, max_neighbors=MAX_NEIGHBORS)
+        self.targets = dict(task.targets)
+        self.fields = {name: self.model.fields[name] for name in self.targets}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.samples, self.batches = samples, _batches(len(samples), batch_size)
+        self.cache = GraphCache() if cached else None
+        self.losses: list[float] = []
+
+    def epoch(self) -> float:
+        """Seconds for one epoch of training steps."""
+        started = time.perf_counter()
+        for keys in self.batches:
+            chosen = [self.samples[k] for k in keys]
+            self.optimizer.zero_grad(set_to_none=True)
+            graph = self.model.make_graph(chosen, cache=self.cache, keys=keys)
+            labels = collate_targets(chosen, self.fields, self.targets, torch.float32, "cpu")
+            loss, _ = batch_loss(self.model(graph), labels, self.fields, self.targets,
+                                 dict.fromkeys(self.targets, 1.0), graph.atoms_per_structure, "euclidean")
+            loss.backward()
+            self.optimizer.step()
+            self.losses.append(float(loss.detach()))
+        return time.perf_counter() - started
+
+
+def training_throughput(backbone: dict[str, Any], samples: Sequence[Sample], batch_size: int,
+                        epochs: int) -> dict[str, Any]:
+    """Structures/s of training without and with the cache (warm-up epoch, then alternating epochs)."""
+    runs = {"built": TrainingRun(backbone, samples, batch_size, False),
+            "cached": TrainingRun(backbone, samples, batch_size, True)}
+    warmup = {mode: run.epoch() for mode, run in runs.items()}
+    seconds: dict[str, list[float]] = {mode: [] for mode in runs}
+    for _ in range(epochs):
+        for mode, run in runs.items():
+            seconds[mode].append(run.epoch())
+    result: dict[str, Any] = {"warmup_epoch_s": warmup}
+    for mode in runs:
+        result[mode] = {"epoch_s": seconds[mode],
+                        "structures_per_s": len(samples) / statistics.median(seconds[mode])}
+    result["speedup"] = result["cached"]["structures_per_s"] / result["built"]["structures_per_s"]
+    result["identical_losses"] = runs["built"].losses == runs["cached"].losses
+    return result
+
+
+def graph_only(samples: Sequence[Sample], batch_size: int, repeats: int) -> dict[str, Any]:
+    """Seconds per epoch of graphs: built from scratch vs collated from the filled cache (float32)."""
+    batches = _batches(len(samples), batch_size)
+    cache = GraphCache()
+    settings = {"cutoff": CUTOFF, "triplet_cutoff": TRIPLET_CUTOFF, "max_neighbors": MAX_NEIGHBORS}
+
+    def built() -> None:
+        for keys in batches:
+            build_graph([samples[k] for k in keys], **settings)
+
+    def cached() -> None:
+        for keys in batches:
+            cache.graph([samples[k] for k in keys], keys, **settings)
+
+    built()  # warm-up (first calls of vesin and torch)
+    fill_started = time.perf_counter()
+    cached()
+    fill_s = time.perf_counter() - fill_started
+    times: dict[str, list[float]] = {"built": [], "cached": []}
+    for _ in range(repeats):
+        for name, call in (("built", built), ("cached", cached)):
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {"batches": len(batches), "fill_s": fill_s, "built_epoch_s": medians["built"],
+            "cached_epoch_s": medians["cached"], "speedup": medians["built"] / medians["cached"]}
+
+
+def cache_memory(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Bytes of the cache of the whole set (float32 masks), measured and estimated."""
+    cache = GraphCache()
+    for keys in _batches(len(samples), 16):
+        cache.graph([samples[k] for k in keys], keys, CUTOFF, TRIPLET_CUTOFF, MAX_NEIGHBORS)
+    edges = sum(t.idx_i.shape[0] for t in cache.topologies.values())
+    triplets = sum(t.idx_kj.shape[0] for t in cache.topologies.values())
+    return {"structures": len(samples), "atoms": int(sum(s.num_atoms for s in samples)), "edges": edges,
+            "triplets": triplets, "bytes": cache.nbytes,
+            "estimated_bytes": estimated_cache_bytes(samples, CUTOFF, TRIPLET_CUTOFF, MAX_NEIGHBORS)}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_graph_cache", description=__doc__.split("\n")[0])
+    parser.add_argument("--structures", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4, help="timed epochs per mode, after a warm-up epoch")
+    parser.add_argument("--backbones", nargs="+", default=["etgnn", "reference"], choices=sorted(BACKBONES))
+    parser.add_argument("--output", default=str(RESULTS / "graph_cache.json"))
+    args = parser.parse_args(argv)
+    samples, split = load_task(TASKS[TASK], reduced=False)
+    subset = [samples[i] for i in split["train"][: args.structures]]
+    result: dict[str, Any] = {
+        "environment": environment(),
+        "task": TASK,
+        "settings": {"cutoff": CUTOFF, "triplet_cutoff": TRIPLET_CUTOFF, "max_neighbors": MAX_NEIGHBORS,
+                     "structures": len(subset), "mean_atoms": float(np.mean([s.num_atoms for s in subset])),
+                     "batch_size": args.batch_size, "timed_epochs": args.epochs, "dtype": "float32"},
+        "graphs_only": graph_only(subset, args.batch_size, repeats=3),
+        "training": {},
+        "cache_memory_full_set": cache_memory(samples),
+    }
+    for name in args.backbones:
+        result["training"][name] = {"backbone": BACKBONES[name],
+                                    **training_throughput(BACKBONES[name], subset, args.batch_size, args.epochs)}
+        print(name, {k: v for k, v in result["training"][name].items() if k != "backbone"}, flush=True)
+    print("graphs only", result["graphs_only"])
+    print("cache memory", result["cache_memory_full_set"])
+    write_json(Path(args.output), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
