@@ -9,16 +9,21 @@ model's ``predict``, the ASE calculator, the test kit and the benchmarks' peers 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from tensorframe.fields import FieldSpec
 
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
 
-def split_by_structure(outputs: Mapping[str, torch.Tensor], fields: Mapping[str, FieldSpec],
-                       ptr: Sequence[int] | torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """One ``{field: tensor}`` per structure: atom-level fields cut at the atom offsets ``ptr``,
-    structure-level fields indexed by structure. The tensors are views (not copies, not detached).
+
+def split_by_structure(outputs: Mapping[str, Array], fields: Mapping[str, FieldSpec],
+                       ptr: Sequence[int] | torch.Tensor) -> list[dict[str, Array]]:
+    """One ``{field: tensor or array}`` per structure: atom-level fields cut at the atom offsets
+    ``ptr``, structure-level fields indexed by structure. Works on torch tensors and numpy
+    arrays alike; the results are views (not copies, not detached).
 
     ``fields`` gives each output's level (a model's ``fields``; every output must be in it).
 
@@ -29,7 +34,7 @@ def split_by_structure(outputs: Mapping[str, torch.Tensor], fields: Mapping[str,
         KeyError: naming an output that is not in ``fields``.
     """
     offsets = ptr.tolist() if isinstance(ptr, torch.Tensor) else list(ptr)
-    rows: list[dict[str, torch.Tensor]] = [{} for _ in range(len(offsets) - 1)]
+    rows: list[dict[str, Array]] = [{} for _ in range(len(offsets) - 1)]
     for name, value in outputs.items():
         if name not in fields:
             raise KeyError(f"output {name!r}: not in the fields given ({', '.join(fields)}); its level is unknown")

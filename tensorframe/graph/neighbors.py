@@ -82,23 +82,17 @@ def neighbor_list(
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
     # vesin returns (i, j, S, d) with r_j - r_i + S @ box pointing from i to the image of j.
     i, j, shift, dist = calculator.compute(
-        points=sample.positions, box=box, periodic=[bool(p) for p in sample.pbc], quantities="ijSd"
+        points=sample.positions, box=box, periodic=sample.pbc.astype(bool).tolist(), quantities="ijSd"
     )
-    # vesin keeps pairs at exactly the cutoff; "closer than" (as ase) drops them.
-    inside = dist < cutoff
-    idx_i = i[inside].astype(np.int64)
-    idx_j = j[inside].astype(np.int64)
-    shift = shift[inside].astype(np.int64)
-    dist = dist[inside]
-    if dist.size and dist.min() < 1e-6:
-        bad = int(np.argmin(dist))
-        raise ValueError(
-            f"positions: atoms {idx_i[bad]} and {idx_j[bad]} (image {shift[bad].tolist()}) are "
-            f"{dist[bad]:.2e} Å apart; expected distinct positions"
-        )
+    _check_distinct(i, j, shift, dist, cutoff)
     # Order edges by centre, then distance, then neighbour: a canonical, reproducible order.
-    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], idx_j, dist, idx_i))
-    idx_i, idx_j, shift, dist = idx_i[order], idx_j[order], shift[order], dist[order]
+    # Sorted first, then cut to "closer than" the cutoff (vesin keeps pairs at exactly the
+    # cutoff; ase drops them): one gather per array (the sort is stable, so the order of the
+    # kept edges is the same as sorting the kept edges).
+    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, dist, i))
+    order = order[dist[order] < cutoff]
+    idx_i, idx_j = i[order].astype(np.int64), j[order].astype(np.int64)
+    shift, dist = shift[order].astype(np.int64), dist[order]
     if max_neighbors is not None and dist.size:
         # Per centre, the K-th smallest distance (the last one if fewer): an order
         # statistic, the same whatever the atom order; keep whole shells up to it.
@@ -108,3 +102,24 @@ def neighbor_list(
         keep = dist <= kth + shell_tolerance
         idx_i, idx_j, shift, dist = idx_i[keep], idx_j[keep], shift[keep], dist[keep]
     return NeighborList(idx_i=idx_i, idx_j=idx_j, cell_shift=shift, length=dist)
+
+
+def _check_distinct(i: np.ndarray, j: np.ndarray, shift: np.ndarray, dist: np.ndarray, cutoff: float) -> None:
+    """Refuse two atoms (or images) on top of each other among vesin's pairs closer than ``cutoff``,
+    naming the first such pair in vesin's order.
+
+    Shapes: i, j (E,), shift (E, 3), dist (E,) as vesin returns them.
+
+    Raises:
+        ValueError: ``positions: atoms a and b (image [..]) are d Å apart; expected distinct positions``.
+    """
+    if not (dist.size and dist.min() < 1e-6):
+        return
+    inside = dist < cutoff
+    idx_i, idx_j, shift, dist = i[inside].astype(np.int64), j[inside].astype(np.int64), shift[inside], dist[inside]
+    if dist.size and dist.min() < 1e-6:
+        bad = int(np.argmin(dist))
+        raise ValueError(
+            f"positions: atoms {idx_i[bad]} and {idx_j[bad]} (image {shift[bad].astype(np.int64).tolist()}) are "
+            f"{dist[bad]:.2e} Å apart; expected distinct positions"
+        )
