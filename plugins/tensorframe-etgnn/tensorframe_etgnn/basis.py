@@ -107,6 +107,63 @@ def spherical_bessel(order: int, x: torch.Tensor) -> torch.Tensor:
     return torch.where(use_series, series, current)
 
 
+def series_terms(num_orders: int, tolerance: float = 1e-17) -> int:
+    """How many terms of the power series of ``j_l`` (l < ``num_orders``) reach ``tolerance``
+    relative to the first on the whole range where the series is used (``x < l + 1``): the
+    ratio of term ``k`` to term ``k - 1`` is at most ``(l + 1)^2 / 2 / (k (2l + 2k + 1))``."""
+    needed = 1
+    for order in range(num_orders):
+        bound, k = 1.0, 0
+        while bound >= tolerance or k < 2:
+            k += 1
+            bound *= (order + 1) ** 2 / 2 / (k * (2 * order + 2 * k + 1))
+        needed = max(needed, k)
+    return needed
+
+
+def spherical_bessel_orders(x: torch.Tensor) -> torch.Tensor:
+    """``j_l(x[l])`` for every order ``l = 0 .. L-1`` at once (row ``l`` of ``x`` holds the
+    arguments of order ``l``), by the same two branches as :func:`spherical_bessel`, each run
+    once over all orders instead of once per order (about 80 tensor operations in all instead
+    of about 50 per order), with the series summed by Horner's scheme. Orders come first so
+    that every per-order constant broadcasts along whole contiguous rows.
+
+    The power series runs to the length of the highest order (extra terms of a lower order
+    are below its rounding); the upward recurrence runs on every row to ``L - 1`` and keeps
+    row ``l`` at step ``l`` (rows never read are finite: every argument there is >= 1).
+
+    Shapes: x (L, M) -> (L, M)
+    """
+    num_orders = x.shape[0]
+    orders = torch.arange(num_orders, dtype=x.dtype, device=x.device).unsqueeze(-1)  # (L, 1)
+    threshold = orders + 1.0
+    use_series = x < threshold
+    xs = torch.minimum(x, threshold)
+    half_square = -0.5 * xs * xs
+    # Horner's scheme from the last term down: the partial sums stay near 1, where the running
+    # terms of the forward sum underflow to subnormal floats (tens of times slower on x86).
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    total = torch.ones_like(xs)
+    for k in range(series_terms(num_orders), 0, -1):
+        total = torch.addcmul(one, total * half_square, 1.0 / (k * (2 * orders + 2 * k + 1)))
+    power = torch.ones_like(xs)  # xs ** l, row by row
+    for order in range(1, num_orders):
+        power[order:] *= xs[order:]
+    prefactor = torch.tensor([1.0 / _double_factorial_odd(order) for order in range(num_orders)],
+                             dtype=x.dtype, device=x.device).unsqueeze(-1)
+    series = total * power * prefactor
+    xr = torch.maximum(x, threshold)
+    sin, cos = torch.sin(xr), torch.cos(xr)
+    previous = sin / xr
+    rows = [previous[0]]
+    if num_orders > 1:
+        current = (sin / xr - cos) / xr
+        rows.append(current[1])
+        for n in range(1, num_orders - 1):
+            previous, current = current, (2 * n + 1) / xr * current - previous
+            rows.append(current[n + 1])
+    return torch.where(use_series, series, torch.stack(rows))
+
 class SphericalBasis(nn.Module):
     """DimeNet's spherical basis for triplets ``k -> j -> i``: radial part on the length of
     edge ``kj``, angular part on the angle at ``j``, times the triplet envelope.
@@ -140,9 +197,10 @@ class SphericalBasis(nn.Module):
 
     def radial(self, edge_len: torch.Tensor) -> torch.Tensor:
         zeros, norms = self._zeros.to(edge_len), self._norms.to(edge_len)
-        scaled = (edge_len / self.cutoff).unsqueeze(-1)
-        orders = [spherical_bessel(order, scaled * zeros[order]) for order in range(self.num_spherical)]
-        return torch.stack(orders, dim=-2) * norms
+        scaled = (edge_len / self.cutoff).reshape(1, 1, -1)
+        arguments = (zeros.unsqueeze(-1) * scaled).flatten(0, 1)  # (L * N, E): orders first
+        values = spherical_bessel_orders(arguments.reshape(self.num_spherical, -1))
+        return values.reshape(self.num_spherical, self.num_radial, -1).permute(2, 0, 1) * norms
 
     def forward(
         self,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import spherical_jn
-from tensorframe_etgnn.basis import SphericalBasis, spherical_bessel, spherical_bessel_zeros
+from tensorframe_etgnn.basis import SphericalBasis, spherical_bessel, spherical_bessel_orders, spherical_bessel_zeros
 from tensorframe_etgnn.ops import gather_mul
 
 import tensorframe as tf
@@ -119,6 +119,19 @@ def test_spherical_bessel_matches_scipy(dtype, rtol):
         expected = spherical_jn(order, x)
         actual = spherical_bessel(order, torch.tensor(x, dtype=dtype)).double().numpy()
         np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * 0.1, err_msg=f"j_{order}")
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 2e-6)], ids=["float64", "float32"])
+def test_spherical_bessel_of_all_orders_at_once_matches_scipy(dtype, rtol):
+    """The basis's vectorised form (every order in one pass, series by Horner's scheme, as
+    many terms as the bound needs) is as accurate as the per-order function, on both sides
+    of every branch switch ``x = l + 1`` and at tiny arguments (where the forward sum's terms
+    underflow)."""
+    x = np.concatenate([np.geomspace(1e-6, 1.0, 60), np.linspace(1.0, 40.0, 800), np.arange(1, 9) + 1e-9,
+                        np.arange(1, 9) - 1e-9])
+    actual = spherical_bessel_orders(torch.tensor(np.stack([x] * 8), dtype=dtype)).double().numpy()
+    for order in range(8):
+        np.testing.assert_allclose(actual[order], spherical_jn(order, x), rtol=rtol, atol=rtol * 0.1, err_msg=f"j_{order}")
 
 
 def test_spherical_basis_vanishes_at_triplet_cutoff_and_has_finite_gradients():
