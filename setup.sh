@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up tensorframe in a virtual environment: the core, the backbone plugins in plugins/,
-# and the test tools. Re-running it is cheap and safe.
+# the test tools, and the compiled triplet kernels. Re-running it is cheap and safe.
 #
 #   TENSORFRAME_VENV  where the environment lives (default: .venv in this folder)
 #   PYTHON            the interpreter that creates it (default: python3, >= 3.10)
@@ -29,5 +29,8 @@ plugins=()
 for p in plugins/*/; do
   [ -f "$p/pyproject.toml" ] && plugins+=(-e "$p")
 done
-"$VPY" -m pip install -q -e ".[dev]" "${plugins[@]}"
+"$VPY" -m pip install -q -e ".[dev,native]" "${plugins[@]}"
+# The compiled triplet kernels (C++/OpenMP, about 20 s). If the build fails, tensorframe runs
+# the pure-PyTorch kernels instead (same results, slower) and this says why.
+"$VENV/bin/tensorframe" native build || echo "setup: continuing without the compiled kernels" >&2
 echo "tensorframe is installed in $VENV ($("$VPY" -c 'import torch; print("torch", torch.__version__)'))"

@@ -5,6 +5,7 @@
     tensorframe train CONFIG.yaml    train (also under torchrun for DistributedDataParallel)
     tensorframe evaluate CKPT DATA   per-field and per-component errors, parity plots
     tensorframe predict CKPT INPUT   predicted tensors as extended XYZ / JSON, phonopy BORN file
+    tensorframe native build|status  the compiled triplet kernels (setup builds them)
 
 Errors print one line and exit with status 2; ``--debug`` (before or after the command)
 shows the full traceback instead.

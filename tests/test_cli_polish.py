@@ -27,6 +27,7 @@ COMMAND_LINES = {
     "train": ["train", "config.yaml"],
     "evaluate": ["evaluate", "model.pt", "data.xyz"],
     "predict": ["predict", "model.pt", "in.xyz", "-o", "out.xyz"],
+    "native": ["native", "status"],
 }
 DEVICE_COMMANDS = ("train", "evaluate", "predict")
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")

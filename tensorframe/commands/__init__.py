@@ -1,3 +1,3 @@
 """Subcommands of ``tensorframe``: one module each, with ``register(subparsers)``."""
 
-COMMANDS = ("plugins", "demo", "train", "evaluate", "predict")
+COMMANDS = ("plugins", "demo", "train", "evaluate", "predict", "native")

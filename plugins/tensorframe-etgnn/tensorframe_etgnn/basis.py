@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tensorframe import legendre_basis
+from tensorframe import TripletBasis, legendre_basis
 
 
 def spherical_bessel_numpy(order: int, x: np.ndarray) -> np.ndarray:
@@ -175,8 +175,9 @@ class SphericalBasis(nn.Module):
 
     Shapes:
         radial(edge_len (E,)) -> (E, num_spherical, num_radial)
-        forward(edge_len (E,), triplet_cos (T,), idx_kj (T,), triplet_envelope (T,))
-            -> (T, num_spherical * num_radial)
+        angular(triplet_cos (T,), triplet_envelope (T,)) -> (T, num_spherical)
+        factors(edge_len (E,), triplet_cos (T,), idx_kj (T,), triplet_envelope (T,)) -> TripletBasis
+        forward(...same...) -> (T, num_spherical * num_radial), the basis formed
     """
 
     def __init__(self, num_spherical: int, num_radial: int, cutoff: float) -> None:
@@ -202,6 +203,16 @@ class SphericalBasis(nn.Module):
         values = spherical_bessel_orders(arguments.reshape(self.num_spherical, -1))
         return values.reshape(self.num_spherical, self.num_radial, -1).permute(2, 0, 1) * norms
 
+    def angular(self, triplet_cos: torch.Tensor, triplet_envelope: torch.Tensor) -> torch.Tensor:
+        """``Y_l0(angle) * envelope`` per triplet: (T, L)."""
+        angular = legendre_basis(triplet_cos, self.num_spherical) * self._harmonic.to(triplet_cos)
+        return angular * triplet_envelope.unsqueeze(-1)
+
+    def factors(self, edge_len: torch.Tensor, triplet_cos: torch.Tensor, idx_kj: torch.Tensor,
+                triplet_envelope: torch.Tensor) -> TripletBasis:
+        """The basis as its two factors (never formed as a whole by the compiled kernels)."""
+        return TripletBasis(self.angular(triplet_cos, triplet_envelope), self.radial(edge_len), idx_kj)
+
     def forward(
         self,
         edge_len: torch.Tensor,
@@ -209,7 +220,4 @@ class SphericalBasis(nn.Module):
         idx_kj: torch.Tensor,
         triplet_envelope: torch.Tensor,
     ) -> torch.Tensor:
-        angular = legendre_basis(triplet_cos, self.num_spherical) * self._harmonic.to(triplet_cos)  # (T, L)
-        angular = angular * triplet_envelope.unsqueeze(-1)
-        radial = self.radial(edge_len).index_select(0, idx_kj)  # (T, L, N)
-        return (radial * angular.unsqueeze(-1)).flatten(1)
+        return self.factors(edge_len, triplet_cos, idx_kj, triplet_envelope).dense()

@@ -3,18 +3,21 @@
 Notation: edge ``e = j -> i`` carries the message ``m_ji``; triplet ``t = k -> j -> i`` joins
 edges ``idx_kj[t]`` and ``idx_ji[t]`` and carries ``m_kji``. Every per-triplet tensor is at
 most ``int_emb_size`` or ``triplet_dim`` wide: projections are applied to atoms or edges
-first and gathered onto triplets afterwards, never (triplets x hidden x basis).
+first and gathered onto triplets afterwards, never (triplets x hidden x basis). The triplet
+basis is a :class:`~tensorframe.TripletBasis` (angular part per triplet, radial part per
+edge): with tensorframe's compiled kernels its linear maps run on edges and are gathered
+per triplet, and the edge update's sum over triplets is one fused pass.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from tensorframe import scatter_sum
-from tensorframe_etgnn.ops import gather_mul
+from tensorframe import TripletBasis, gather_mul, gather_mul_scatter, scatter_sum
 
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
@@ -103,8 +106,9 @@ class TripletEmbedding(nn.Module):
     ``j, i, r_ji`` terms of edge ``ji``, so both are formed on edges and gathered once each.
 
     Shapes:
-        atoms (N, hidden), radial (E, hidden), sbf (T, num_sbf), idx_i/idx_j (E,),
-        edges (S,) the edges in triplets, kj/ji (T,) indices into ``edges`` -> (T, triplet_dim)
+        atoms (N, hidden), radial (E, hidden), basis: TripletBasis (T triplets, num_sbf wide),
+        idx_i/idx_j (E,), edges (S,) the edges in triplets, kj/ji (T,) indices into ``edges``
+        -> (T, triplet_dim)
     """
 
     def __init__(self, hidden: int, num_sbf: int, triplet_dim: int, activation: str) -> None:
@@ -120,7 +124,7 @@ class TripletEmbedding(nn.Module):
         self,
         atoms: torch.Tensor,
         radial: torch.Tensor,
-        sbf: torch.Tensor,
+        basis: TripletBasis,
         idx_i: torch.Tensor,
         idx_j: torch.Tensor,
         edges: torch.Tensor,
@@ -134,7 +138,7 @@ class TripletEmbedding(nn.Module):
         as_ji = (self.atom_j(atoms).index_select(0, neighbour) + self.atom_i(atoms).index_select(0, centre)
                  + self.radial(radial.index_select(0, edges)))
         gathered = as_kj.index_select(0, kj) + as_ji.index_select(0, ji)
-        return self.act(torch.addmm(gathered, sbf, self.angular.weight.t()))
+        return self.act(gathered + basis.project([self.angular.weight.t()]))
 
 
 class EdgeUpdate(nn.Module):
@@ -145,8 +149,9 @@ class EdgeUpdate(nn.Module):
         h = act(W_ji m_ji) + up(agg_ji) -> residual layers -> act(W h) + m_ji -> residual layers
 
     Shapes:
-        messages (E, hidden), rbf (E, num_radial), angular_filter (T, int_emb_size),
-        edges (S,) the edges in triplets, kj/ji (T,) indices into ``edges`` -> (E, hidden)
+        messages (E, hidden), rbf (E, num_radial), edges (S,) the edges in triplets,
+        triplet_sum: x_kj (S, int_emb_size) -> agg_ji (S, int_emb_size), the filtered sum over
+        the triplets of each edge -> (E, hidden)
     """
 
     def __init__(
@@ -168,18 +173,15 @@ class EdgeUpdate(nn.Module):
         self,
         messages: torch.Tensor,
         rbf: torch.Tensor,
-        angular_filter: torch.Tensor,
         edges: torch.Tensor,
-        kj: torch.Tensor,
-        ji: torch.Tensor,
+        triplet_sum: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         x_ji = activate_(self.act, self.lin_ji(messages))
         # Edges outside triplets neither send nor receive (up has no bias: up(0) = 0), so the
         # triplet path runs on ``edges`` only.
         short = messages.index_select(0, edges)
         x_kj = self.act(self.down(self.act(self.lin_kj(short)) * self.radial(rbf.index_select(0, edges))))
-        gathered = scatter_sum(gather_mul(x_kj, kj, angular_filter), ji, edges.shape[0])
-        h = x_ji.index_add(0, edges, self.up(gathered))
+        h = x_ji.index_add(0, edges, self.up(triplet_sum(x_kj)))
         for layer in self.before_skip:
             h = layer(h)
         h = activate_(self.act, self.lin(h)).add_(messages) if not torch.is_grad_enabled() else self.act(self.lin(h)) + messages
@@ -240,8 +242,8 @@ class InteractionBlock(nn.Module):
 
     Shapes:
         messages (E, hidden), triplets (T, triplet_dim), rbf (E, num_radial),
-        sbf (T, num_sbf), edges (S,) the edges in triplets, kj/ji (T,) indices into ``edges``
-        -> messages (E, hidden), triplets (T, triplet_dim)
+        basis: TripletBasis (T triplets, num_sbf wide), edges (S,) the edges in triplets,
+        kj/ji (T,) indices into ``edges`` -> messages (E, hidden), triplets (T, triplet_dim)
     """
 
     def __init__(
@@ -262,16 +264,22 @@ class InteractionBlock(nn.Module):
         messages: torch.Tensor,
         triplets: torch.Tensor | None,
         rbf: torch.Tensor,
-        sbf: torch.Tensor,
+        basis: TripletBasis,
         edges: torch.Tensor,
         kj: torch.Tensor,
         ji: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``triplets=None`` (no head reads them) skips the triplet update."""
-        angular_filter = self.angular(sbf)
-        messages = self.edge(messages, rbf, angular_filter, edges, kj, ji)
-        if triplets is not None:
-            triplets = self.triplet(triplets, messages, rbf, angular_filter, edges, kj, ji)
+        """``triplets=None`` (no head reads them) skips the triplet update, and the angular
+        filter is then never formed: the edge update's triplet sum is one fused pass."""
+        chain = [self.angular[0].weight.t(), self.angular[1].weight.t()]
+        num_edges = edges.shape[0]
+        if triplets is None:
+            messages = self.edge(messages, rbf, edges, lambda x_kj: basis.aggregate(x_kj, chain, ji, num_edges))
+            return messages, None
+        angular_filter = basis.project(chain)
+        messages = self.edge(messages, rbf, edges,
+                             lambda x_kj: gather_mul_scatter(x_kj, kj, angular_filter, ji, num_edges))
+        triplets = self.triplet(triplets, messages, rbf, angular_filter, edges, kj, ji)
         return messages, triplets
 
 

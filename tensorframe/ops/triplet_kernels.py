@@ -1,0 +1,195 @@
+"""Fused triplet interactions for DimeNet++-style backbones, with a pure-PyTorch fallback.
+
+A triplet ``t = k -> j -> i`` joins edges ``kj[t]`` and ``ji[t]``. Its basis is a product of
+an angular part per triplet and a radial part per edge,
+
+    basis[t, l * N + n] = angular[t, l] * radial[kj[t], l, n]        (T, L * N)
+
+and layers read it through linear maps ``basis @ W``. :class:`TripletBasis` keeps the two
+factors. For the sum of filtered messages over the triplets of each edge,
+
+    aggregate(x, W, ji, n)[e, f] = sum_{t: ji[t] = e} x[kj[t], f] * (basis @ W)[t, f],
+
+the compiled kernel applies ``W`` to the radial part on edges first
+(``projected[s, l, f] = sum_n radial[s, l, n] W[l * N + n, f]``: S x L x N x F work instead of
+T x L x N x F) and makes one pass over the triplets that keeps no (T, F) tensor, forward or
+backward, and never forms ``basis``. :func:`gather_mul_scatter` fuses the same sum for a
+filter that exists as a tensor. Without the compiled kernels (not built, a CUDA tensor,
+``TENSORFRAME_NATIVE=0`` or inside ``native_kernels(False)``), the same quantities are computed
+as ``basis @ W`` and a gather-multiply-scatter, with the same results to rounding (tested:
+1e-6 in float32, 1e-12 in float64, values and gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from tensorframe.ops.native import native_enabled
+from tensorframe.ops.scatter import scatter_sum
+
+_allowed = True
+
+
+@contextmanager
+def native_kernels(enabled: bool) -> Iterator[None]:
+    """Within the block, use the compiled kernels only if ``enabled`` (and they are loaded)."""
+    global _allowed
+    previous, _allowed = _allowed, bool(enabled)
+    try:
+        yield
+    finally:
+        _allowed = previous
+
+
+def use_native(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernels run for these tensors: loaded, allowed, CPU, float32/64."""
+    return (_allowed and native_enabled()
+            and all(t.device.type == "cpu" for t in tensors)
+            and tensors[0].dtype in (torch.float32, torch.float64))
+
+
+class _GatherMulScatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kj: torch.Tensor, weight: torch.Tensor, ji: torch.Tensor,
+                num_out: int) -> torch.Tensor:
+        ctx.save_for_backward(x, kj, weight, ji)
+        return torch.ops.tensorframe.gather_mul_scatter(x, kj, weight, ji, num_out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, kj, weight, ji = ctx.saved_tensors
+        grad_x, grad_weight = torch.ops.tensorframe.gather_mul_scatter_backward(grad, x, kj, weight, ji)
+        return grad_x, None, grad_weight, None, None
+
+
+class _FilteredAggregate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, angular: torch.Tensor, projected: torch.Tensor, kj: torch.Tensor,
+                ji: torch.Tensor, num_out: int) -> torch.Tensor:
+        ctx.save_for_backward(x, angular, projected, kj, ji)
+        return torch.ops.tensorframe.filtered_aggregate(x, angular, projected, kj, ji, num_out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, angular, projected, kj, ji = ctx.saved_tensors
+        grads = torch.ops.tensorframe.filtered_aggregate_backward(grad, x, angular, projected, kj, ji)
+        return grads[0], grads[1], grads[2], None, None, None
+
+
+def _gather_mul_scatter_torch(x: torch.Tensor, kj: torch.Tensor, weight: torch.Tensor, ji: torch.Tensor,
+                              num_out: int) -> torch.Tensor:
+    return scatter_sum(_GatherMul.apply(x, kj, weight), ji, num_out)
+
+
+class _GatherMul(torch.autograd.Function):
+    """``x[index] * weight`` that saves ``x`` (edge-sized), not ``x[index]`` (triplet-sized)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, index, weight)
+        return x.index_select(0, index) * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, index, weight = ctx.saved_tensors
+        grad_x = scatter_sum(grad * weight, index, x.shape[0]) if ctx.needs_input_grad[0] else None
+        grad_weight = grad * x.index_select(0, index) if ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_weight
+
+
+def gather_mul(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x[index] * weight`` without keeping the gathered ``x[index]`` alive for backward.
+
+    Shapes: x (E, F), index (T,), weight (T, F) -> (T, F)
+    """
+    return _GatherMul.apply(x, index, weight)
+
+
+def gather_mul_scatter(x: torch.Tensor, kj: torch.Tensor, weight: torch.Tensor, ji: torch.Tensor,
+                       num_out: int) -> torch.Tensor:
+    """``out[ji[t]] += x[kj[t]] * weight[t]``: with the compiled kernels, one pass and no
+    (T, F) product in the forward pass.
+
+    Shapes: x (S, F), kj/ji (T,), weight (T, F) -> (num_out, F)
+    """
+    if use_native(x, weight):
+        return _GatherMulScatter.apply(x, kj, weight, ji, int(num_out))
+    return _gather_mul_scatter_torch(x, kj, weight, ji, num_out)
+
+
+def filtered_aggregate(x: torch.Tensor, angular: torch.Tensor, projected: torch.Tensor, kj: torch.Tensor,
+                       ji: torch.Tensor, num_out: int) -> torch.Tensor:
+    """``out[ji[t]] += x[kj[t]] * sum_l angular[t, l] projected[kj[t], l]`` (the reference form,
+    without the compiled kernels, gathers a (T, L, F) tensor; :class:`TripletBasis` does not).
+
+    Shapes: x (S, F), angular (T, L), projected (S, L, F), kj/ji (T,) -> (num_out, F)
+    """
+    if use_native(x, angular, projected):
+        return _FilteredAggregate.apply(x, angular, projected, kj, ji, int(num_out))
+    filters = torch.einsum("tl,tlf->tf", angular, projected.index_select(0, kj))
+    return _gather_mul_scatter_torch(x, kj, filters, ji, num_out)
+
+
+def chain_matrix(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The product ``W_1 @ W_2 @ ...`` of a chain of (in, out) matrices."""
+    total = weights[0]
+    for weight in weights[1:]:
+        total = total @ weight
+    return total
+
+
+@dataclass
+class TripletBasis:
+    """A triplet basis kept as its two factors (see the module docstring).
+
+    Attributes:
+        angular: (T, L) angular part per triplet, envelope included.
+        radial: (S, L, N) radial part per edge; ``kj`` indexes its rows.
+        kj: (T,) the edge ``k -> j`` of each triplet, into ``radial``.
+
+    Linear maps are given as chains of (in, out) matrices, ``basis @ W_1 @ W_2 ...`` (a
+    bias-free bottleneck is two): :meth:`project` applies them in turn to the dense basis (made
+    once and kept); the compiled :meth:`aggregate` multiplies them out and applies them to
+    ``radial``.
+    """
+
+    angular: torch.Tensor
+    radial: torch.Tensor
+    kj: torch.Tensor
+    _dense: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def native(self) -> bool:
+        return use_native(self.angular, self.radial)
+
+    def dense(self) -> torch.Tensor:
+        """The basis itself (T, L * N), made on first use."""
+        if self._dense is None:
+            self._dense = (self.radial.index_select(0, self.kj) * self.angular.unsqueeze(-1)).flatten(1)
+        return self._dense
+
+    def projected(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The chain applied to the radial part on edges: (S, L, F)."""
+        matrix = chain_matrix(weights)
+        num_orders, num_radial = self.radial.shape[1], self.radial.shape[2]
+        return torch.einsum("sln,lnf->slf", self.radial, matrix.reshape(num_orders, num_radial, -1))
+
+    def project(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``basis @ W_1 @ W_2 ...``: (T, F), through BLAS on the dense basis on every path (a
+        (T, F) result read back from edges would move L x F values per triplet, the dense
+        basis L x N)."""
+        result = self.dense()
+        for weight in weights:
+            result = result @ weight
+        return result
+
+    def aggregate(self, x: torch.Tensor, weights: Sequence[torch.Tensor], ji: torch.Tensor, num_out: int) -> torch.Tensor:
+        """``out[ji[t]] += x[kj[t]] * project(weights)[t]``: (num_out, F); one fused pass with
+        the compiled kernels."""
+        if self.native and use_native(x):
+            return filtered_aggregate(x, self.angular, self.projected(weights), self.kj, ji, num_out)
+        return _gather_mul_scatter_torch(x, self.kj, self.project(weights), ji, num_out)
