@@ -52,6 +52,31 @@ def use_native(*tensors: torch.Tensor) -> bool:
             and tensors[0].dtype in (torch.float32, torch.float64))
 
 
+def _gather_mul_scatter_vjp(grad: torch.Tensor, x: torch.Tensor, kj: torch.Tensor, weight: torch.Tensor,
+                            ji: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward of ``gather_mul_scatter`` written with differentiable PyTorch operations, for a
+    second derivative (``create_graph=True``, e.g. the force loss of a conservative model): the
+    compiled backward kernels have no derivative of their own. Explicit formulas in the saved
+    tensors, not ``autograd.grad`` of the reference, which would also count the paths between
+    inputs that depend on one another (x on the angular basis through earlier blocks)."""
+    upstream = grad.index_select(0, ji)
+    return scatter_sum(upstream * weight, kj, x.shape[0]), upstream * x.index_select(0, kj)
+
+
+def _filtered_aggregate_vjp(grad: torch.Tensor, x: torch.Tensor, angular: torch.Tensor, projected: torch.Tensor,
+                            kj: torch.Tensor, ji: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of ``filtered_aggregate`` in differentiable PyTorch operations (see
+    :func:`_gather_mul_scatter_vjp`); gathers (T, L, F)."""
+    upstream = grad.index_select(0, ji)
+    gathered = projected.index_select(0, kj)  # (T, L, F)
+    filters = torch.einsum("tl,tlf->tf", angular, gathered)
+    product = upstream * x.index_select(0, kj)
+    grad_x = scatter_sum(upstream * filters, kj, x.shape[0])
+    grad_angular = torch.einsum("tf,tlf->tl", product, gathered)
+    grad_projected = scatter_sum(angular.unsqueeze(-1) * product.unsqueeze(1), kj, projected.shape[0])
+    return grad_x, grad_angular, grad_projected
+
+
 class _GatherMulScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, kj: torch.Tensor, weight: torch.Tensor, ji: torch.Tensor,
@@ -62,7 +87,10 @@ class _GatherMulScatter(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, kj, weight, ji = ctx.saved_tensors
-        grad_x, grad_weight = torch.ops.tensorframe.gather_mul_scatter_backward(grad, x, kj, weight, ji)
+        if torch.is_grad_enabled():
+            grad_x, grad_weight = _gather_mul_scatter_vjp(grad, x, kj, weight, ji)
+        else:
+            grad_x, grad_weight = torch.ops.tensorframe.gather_mul_scatter_backward(grad, x, kj, weight, ji)
         return grad_x, None, grad_weight, None, None
 
 
@@ -76,8 +104,17 @@ class _FilteredAggregate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, angular, projected, kj, ji = ctx.saved_tensors
-        grads = torch.ops.tensorframe.filtered_aggregate_backward(grad, x, angular, projected, kj, ji)
+        if torch.is_grad_enabled():
+            grads = _filtered_aggregate_vjp(grad, x, angular, projected, kj, ji)
+        else:
+            grads = torch.ops.tensorframe.filtered_aggregate_backward(grad, x, angular, projected, kj, ji)
         return grads[0], grads[1], grads[2], None, None, None
+
+
+def _filtered_aggregate_torch(x: torch.Tensor, angular: torch.Tensor, projected: torch.Tensor, kj: torch.Tensor,
+                              ji: torch.Tensor, num_out: int) -> torch.Tensor:
+    filters = torch.einsum("tl,tlf->tf", angular, projected.index_select(0, kj))
+    return _gather_mul_scatter_torch(x, kj, filters, ji, num_out)
 
 
 def _gather_mul_scatter_torch(x: torch.Tensor, kj: torch.Tensor, weight: torch.Tensor, ji: torch.Tensor,
@@ -130,8 +167,7 @@ def filtered_aggregate(x: torch.Tensor, angular: torch.Tensor, projected: torch.
     """
     if use_native(x, angular, projected):
         return _FilteredAggregate.apply(x, angular, projected, kj, ji, int(num_out))
-    filters = torch.einsum("tl,tlf->tf", angular, projected.index_select(0, kj))
-    return _gather_mul_scatter_torch(x, kj, filters, ji, num_out)
+    return _filtered_aggregate_torch(x, angular, projected, kj, ji, num_out)
 
 
 def chain_matrix(weights: Sequence[torch.Tensor]) -> torch.Tensor:
