@@ -63,15 +63,14 @@ from benchmarks.toolkit import (
     PLUGIN_DISTRIBUTIONS,
     REPO_ROOT,
     add_report_arguments,
-    backward_call,
     cpu_memory_method,
     environment,
     fmt,
-    forward_call,
     machine_line,
     markdown_table,
     max_rss_mb,
     measure_within_budget,
+    mode_calls,
     num_parameters,
     prediction_loss,
     publish,
@@ -159,21 +158,18 @@ def graph_counts(sample: Sample) -> dict[str, int]:
 
 
 def etgnn_trunk(backbone: nn.Module, graph: Graph) -> InvariantFeatures:
-    """ETGNN without its triplet embedding and triplet updates: the DimeNet++ part of
-    ``tensorframe_etgnn.model.ETGNN.forward``, step by step, with the plugin's own modules.
+    """ETGNN without its triplet embedding and triplet updates (its DimeNet++ part): the
+    backbone's own forward with the triplet chain pruned, as for heads that read no triplet
+    features (the node and edge features are unchanged).
 
     Shapes: -> InvariantFeatures(node (N, hidden), edge (E, hidden), triplet None)
     """
-    from tensorframe_etgnn.ops import triplet_edges
-
-    rbf = backbone.rbf(graph.edge_len) * graph.edge_envelope.unsqueeze(-1)
-    sbf = backbone.sbf(graph.edge_len, graph.triplet_cos, graph.idx_kj, graph.triplet_envelope)
-    messages, _, _ = backbone.edge_embedding(graph.numbers, rbf, graph.idx_i, graph.idx_j)
-    edges, kj, ji = triplet_edges(graph.idx_kj, graph.idx_ji, graph.edge_len.shape[0])
-    for block in backbone.blocks:
-        messages = block.edge(messages, rbf, block.angular(sbf), edges, kj, ji)
-    node = backbone.output(messages, rbf, graph.idx_i, graph.num_nodes)
-    return InvariantFeatures(node=node, edge=messages, triplet=None)
+    previous = backbone.triplet_output
+    backbone.prune_outputs(triplet=False)
+    try:
+        return backbone(graph)
+    finally:
+        backbone.prune_outputs(triplet=previous)
 
 
 @functools.lru_cache(maxsize=4)
@@ -312,36 +308,13 @@ def profile_top_ops(call: Callable[[], Any], top: int = 15) -> list[dict[str, An
 
 def backbone_series(group: str, model: nn.Module, graph: Graph) -> dict[str, dict[str, Callable[[], Any]]]:
     """The calls of a tensorframe backbone group: ``{series: {mode: call}}``."""
-    series = {
-        group: {"forward": forward_call(model.backbone, graph),
-                "forward_backward": backward_call(model, model.backbone, feature_loss, graph)},
-        f"{group}+heads": {"forward": forward_call(model, graph),
-                           "forward_backward": backward_call(model, model, prediction_loss, graph)},
-    }
+    series = {group: mode_calls(model, model.backbone, feature_loss, graph),
+              f"{group}+heads": mode_calls(model, model, prediction_loss, graph)}
     if group == "etgnn_checkpoint":  # recomputation needs gradients (its forward is etgnn's); training = with heads
         return {f"{group}+heads": {"forward_backward": series[f"{group}+heads"]["forward_backward"]}}
     if group == "etgnn":
-        trunk = functools.partial(etgnn_trunk, model.backbone)
-        series["etgnn_trunk"] = {"forward": forward_call(trunk, graph),
-                                 "forward_backward": backward_call(model, trunk, feature_loss, graph)}
+        series["etgnn_trunk"] = mode_calls(model, functools.partial(etgnn_trunk, model.backbone), feature_loss, graph)
     return series
-
-
-def pyg_series(model: nn.Module, graph: Graph) -> dict[str, Callable[[], Any]]:
-    return {"forward": forward_call(model, graph),
-            "forward_backward": backward_call(model, model, lambda out: out.square().mean(), graph)}
-
-
-def _measure_series(model: nn.Module, series: dict[str, dict[str, Callable[[], Any]]], results: list[dict],
-                    warmup: int, repeats: int, budget_s: float,
-                    contexts: dict[tuple[str, str], Any] | None = None) -> None:
-    """Measure every call of ``series``, each under its context manager from ``contexts``, if any."""
-    for name, modes in series.items():
-        for mode, call in modes.items():
-            model.train(mode == "forward_backward")
-            print(f"[bench_backbones]   {name} {mode}", file=sys.stderr, flush=True)
-            with (contexts or {}).get((name, mode), contextlib.nullcontext()):
-                results.append({"series": name, "mode": mode, **measure_within_budget(call, warmup, repeats, budget_s)})
 
 
 def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget_s: float, profile: bool,
@@ -355,51 +328,45 @@ def run_group(group: str, reps: Sequence[int], warmup: int, repeats: int, budget
     out: dict[str, Any] = {"group": group, "atoms": sample.num_atoms, "results": [], "graphs": {}}
     if group == PYG_GROUP:
         model: nn.Module = PygDimeNetPlusPlus()
-        out["parameters"] = num_parameters(model)
-        for name, triplet_cutoff in PYG_TRIPLET_CUTOFFS.items():
-            if name in skip:
-                continue
-            graph = build_graph([sample], CUTOFF, triplet_cutoff)
-            out["graphs"][name] = {"edges": graph.num_edges, "triplets": graph.num_triplets}
-            gc.collect()
-            out.setdefault("baseline_rss_mb", rss_mb())
-            series = {name: pyg_series(model, graph)}
-            _measure_series(model, series, out["results"], warmup, repeats, budget_s)
-            if profile and name == "pyg_dimenetpp_4A":
-                out["profile"] = {name: _profile(model, series[name]["forward_backward"])}
-            del graph, series
-        out["max_rss_mb"] = max_rss_mb()
-        return out
-    graph = build_graph([sample], CUTOFF, TRIPLET_CUTOFF)
-    model = make_model(group.removesuffix("_checkpoint"), checkpoint=group.endswith("_checkpoint"))
+        graphs = {name: cutoff for name, cutoff in PYG_TRIPLET_CUTOFFS.items() if name not in skip}
+    else:
+        model = make_model(group.removesuffix("_checkpoint"), checkpoint=group.endswith("_checkpoint"))
+        graphs = {group: TRIPLET_CUTOFF}
     out["parameters"] = num_parameters(model)
-    out["graphs"][group] = {"edges": graph.num_edges, "triplets": graph.num_triplets}
-    gc.collect()
-    out["baseline_rss_mb"] = rss_mb()
-    series = backbone_series(group, model, graph)
-    parts = ForwardParts(model.backbone) if group == "etgnn" else None
-    _measure_series(model, series, out["results"], warmup, repeats, budget_s,
-                    {("etgnn", "forward"): parts} if parts is not None else None)
-    if parts is not None:
-        timed = next(r for r in out["results"] if (r["series"], r["mode"]) == ("etgnn", "forward"))["repeats"]
-        out["forward_breakdown_ms"] = parts.median(last=timed)  # from the timed forward calls themselves
-        if graph.num_triplets <= TRUNK_CHECK_TRIPLETS:
-            model.eval()
-            with torch.no_grad():
-                full, trunk = model.backbone(graph), etgnn_trunk(model.backbone, graph)
-            out["trunk_matches_backbone"] = bool(torch.equal(full.node, trunk.node)
-                                                 and torch.equal(full.edge, trunk.edge))
-            del full, trunk
-        if profile:
-            out["profile"] = {"etgnn": _profile(model, series["etgnn"]["forward_backward"])}
+    for name, triplet_cutoff in graphs.items():
+        graph = build_graph([sample], CUTOFF, triplet_cutoff)
+        out["graphs"][name] = {"edges": graph.num_edges, "triplets": graph.num_triplets}
+        gc.collect()
+        out.setdefault("baseline_rss_mb", rss_mb())
+        series = ({name: mode_calls(model, model, lambda output: output.square().mean(), graph)}
+                  if group == PYG_GROUP else backbone_series(group, model, graph))
+        parts = ForwardParts(model.backbone) if group == "etgnn" else contextlib.nullcontext()
+        for series_name, modes in series.items():  # ETGNN's timed forward calls are split by module hooks
+            for mode, call in modes.items():
+                model.train(mode == "forward_backward")
+                print(f"[bench_backbones]   {series_name} {mode}", file=sys.stderr, flush=True)
+                with parts if (series_name, mode) == ("etgnn", "forward") else contextlib.nullcontext():
+                    out["results"].append({"series": series_name, "mode": mode,
+                                           **measure_within_budget(call, warmup, repeats, budget_s)})
+        if group == "etgnn":
+            timed = next(r for r in out["results"] if (r["series"], r["mode"]) == ("etgnn", "forward"))["repeats"]
+            out["forward_breakdown_ms"] = parts.median(last=timed)  # from the timed forward calls themselves
+            if graph.num_triplets <= TRUNK_CHECK_TRIPLETS:
+                model.eval()
+                with torch.no_grad():
+                    full, trunk = model.backbone(graph), etgnn_trunk(model.backbone, graph)
+                # To float32 rounding: the pruned model sums triplets in one fused pass (another order).
+                out["trunk_matches_backbone"] = bool(torch.allclose(full.node, trunk.node, rtol=1e-5, atol=1e-6)
+                                                     and torch.allclose(full.edge, trunk.edge, rtol=1e-5, atol=1e-6))
+                del full, trunk
+        if profile and name in ("etgnn", "pyg_dimenetpp_4A"):
+            model.train()
+            series[name]["forward_backward"]()  # warm-up
+            out["profile"] = {name: {"mode": "forward_backward",
+                                     "top_ops": profile_top_ops(series[name]["forward_backward"])}}
+        del graph, series
     out["max_rss_mb"] = max_rss_mb()
     return out
-
-
-def _profile(model: nn.Module, call: Callable[[], Any]) -> dict[str, Any]:
-    model.train()
-    call()  # warm-up
-    return {"mode": "forward_backward", "top_ops": profile_top_ops(call)}
 
 
 def run_worker(spec: dict[str, Any], in_process: bool, timeout_s: float) -> dict[str, Any]:

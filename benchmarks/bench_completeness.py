@@ -34,10 +34,12 @@ from benchmarks.toolkit import (
     RESULTS,
     environment,
     interleaved_rounds,
+    machine_line,
     markdown_table,
     replace_section,
     seeded_model,
     write_json,
+    written_by,
 )
 from benchmarks.toolkit import fmt_sig as _g
 from tensorframe.types import Sample
@@ -209,12 +211,9 @@ def render(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = ["## Completeness: complete word sets vs the paper's",
              "",
-             f"Written by `python -m benchmarks.bench_completeness` on {env.get('date')} (commit {env.get('git_commit')}); "
-             "do not edit by hand. Raw numbers: `benchmarks/results/completeness.json`.",
+             written_by("python -m benchmarks.bench_completeness", env, "benchmarks/results/completeness.json"),
              "",
-             f"- Machine: {env.get('cpu')}, {env.get('cpu_count')} logical CPUs, OMP_NUM_THREADS="
-             f"{env.get('OMP_NUM_THREADS')}, torch threads {env.get('torch_num_threads')}; {env.get('platform')}, "
-             f"Python {env.get('python')}; " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + ".",
+             machine_line(env),
              f"- CUDA: {env.get('cuda') or 'none (CPU only)'}.",
              "- `complete` (the default): the paper's words plus identity words per atom and per edge and "
              "normal-direction (c = a x b) triplet words; `paper`: Eqs. 3-8 (`basis: paper`); `complete-cf`: "

@@ -129,6 +129,14 @@ def training_record(checkpoint_path: Path) -> dict[str, Any]:
             "train_time_s": metrics.get("train_time_s")}
 
 
+def _md_record(name: str, path: Path, model: Any, atoms: ase.Atoms, protocol: MDProtocol,
+               log: Callable[[str], None], backbone: str, **keys: Any) -> dict[str, Any]:
+    """The protocol on a loaded checkpoint; its record with ``keys`` and the run's training record."""
+    record = tensorframe_md(model, atoms, protocol, log=lambda line: log(f"[md] {name}: {line}"))
+    return {"framework": "tensorframe", "backbone": backbone, "checkpoint": _relative(path), **keys,
+            **training_record(path), "torch_threads": torch.get_num_threads(), **record}
+
+
 def run_tensorframe_model(name: str, task: Task, samples: list[Sample], split: dict[str, list[int]],
                           atoms: ase.Atoms, protocol: MDProtocol, runs_dir: Path,
                           log: Callable[[str], None] = print, retrain: bool = False) -> dict[str, Any]:
@@ -139,10 +147,8 @@ def run_tensorframe_model(name: str, task: Task, samples: list[Sample], split: d
     model = load_model(path, map_location="cpu")
     mae = force_mae(model, [samples[i] for i in split["test"]])
     log(f"[md] {name}: test force MAE {mae:.4g} eV/Å; running {protocol.steps} steps")
-    record = tensorframe_md(model, atoms, protocol, log=lambda line: log(f"[md] {name}: {line}"))
-    return {"framework": "tensorframe", "backbone": split_model_name(name)[0],
-            "checkpoint": _relative(path), "checkpoint_source": source, "test_force_mae": mae, **training_record(path),
-            "torch_threads": torch.get_num_threads(), **record}
+    return _md_record(name, path, model, atoms, protocol, log, split_model_name(name)[0], checkpoint_source=source,
+                      test_force_mae=mae)
 
 
 def run_given_checkpoint(name: str, path: Path, atoms: ase.Atoms, protocol: MDProtocol,
@@ -154,17 +160,13 @@ def run_given_checkpoint(name: str, path: Path, atoms: ase.Atoms, protocol: MDPr
     metrics_path = path.with_name("metrics.json")
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     log(f"[md] {name}: given checkpoint {path}; running {protocol.steps} steps")
-    record = tensorframe_md(model, atoms, protocol, log=lambda line: log(f"[md] {name}: {line}"))
-    log_path = path.with_name("train_log.csv")
     minutes = None
-    if log_path.exists():  # every call of a resumed run: the epochs' training time
-        with log_path.open() as stream:
+    if path.with_name("train_log.csv").exists():  # every call of a resumed run: the epochs' training time
+        with path.with_name("train_log.csv").open() as stream:
             minutes = sum(float(row["epoch_time_s"]) for row in csv.DictReader(stream)) / 60.0
-    return {"framework": "tensorframe", "backbone": model.config.backbone.name, "checkpoint": _relative(path),
-            "training_minutes": minutes,
-            "checkpoint_source": "given (--checkpoint), trained on its own split, which may hold the start structure",
-            "test_force_mae": metrics.get("test", {}).get("mae_forces"), **training_record(path),
-            "torch_threads": torch.get_num_threads(), **record}
+    return _md_record(name, path, model, atoms, protocol, log, model.config.backbone.name, training_minutes=minutes,
+                      checkpoint_source="given (--checkpoint), trained on its own split, which may hold the start "
+                      "structure", test_force_mae=metrics.get("test", {}).get("mae_forces"))
 
 
 # ----------------------------------------------------------------- peers
@@ -390,10 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_md", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
-
-
-__all__ = ["DEFAULT_MODELS", "add_arguments", "checkpoint", "main", "render", "run", "run_peer_model",
-           "run_tensorframe_model", "start_structure", "tensorframe_md", "force_mae"]
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import subprocess
 import types
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -173,10 +174,6 @@ def assert_same_graph(a: Graph, b: Graph) -> None:
             raise AssertionError(f"baseline and current graphs differ in {field.name}")
 
 
-def median_ms(seconds: list[float]) -> float:
-    return statistics.median(seconds) * 1e3
-
-
 def run(repeats: int, baseline: str | None) -> dict[str, Any]:
     torch.set_num_threads(1)
     samples = five_atom_batch()
@@ -206,7 +203,7 @@ def run(repeats: int, baseline: str | None) -> dict[str, Any]:
     table = {}
     for name in current:
         times = interleaved_rounds({"before": old[name], "after": current[name]}, repeats, alternate=True)
-        before, after = median_ms(times["before"]), median_ms(times["after"])
+        before, after = (statistics.median(times[key]) * 1e3 for key in ("before", "after"))
         table[name] = {"before_ms": round(before, 4), "after_ms": round(after, 4),
                        "ratio": round(before / after, 2) if after else None}
     result["baseline"] = baseline
@@ -233,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = run(args.repeats, args.baseline)
     print_table(result)
-    write_json(__import__("pathlib").Path(args.json), result)
+    write_json(Path(args.json), result)
 
 
 if __name__ == "__main__":

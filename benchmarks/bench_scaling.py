@@ -51,18 +51,17 @@ from benchmarks.toolkit import (
     DOCS,
     PLUGIN_DISTRIBUTIONS,
     RESULTS,
-    backward_call,
     cell,
     device_label,
     display_path,
     environment,
     fmt,
-    forward_call,
     free_memory,
     machine_line,
     markdown_table,
     measure_after_warmup,
     memory_method,
+    mode_calls,
     num_parameters,
     prediction_loss,
     publish,
@@ -261,11 +260,9 @@ def measure_model(module: nn.Module, graph: Graph, guards: dict[str, SeriesGuard
                   settings: Settings) -> dict[str, dict[str, Any]]:
     """Forward (eval, inference mode) and forward + backward (train mode) of one model on one graph."""
     out = {}
-    for mode in MODES:
+    for mode, call in mode_calls(module, module, prediction_loss, graph, torch.inference_mode).items():
         module.train(mode == "forward_backward")
-        call = (forward_call(module, graph, torch.inference_mode) if mode == "forward"
-                else backward_call(module, module, prediction_loss, graph))
-        out[mode] = run_point(call, guards[mode], work, where, settings)
+        out[mode] = _per_atom(run_point(call, guards[mode], work, where, settings), graph.num_nodes)
         module.zero_grad(set_to_none=True)
         free_memory(settings.device)
     module.eval()
@@ -314,9 +311,9 @@ def atoms_series(sizes: Sequence[int], contenders: Sequence[Contender], settings
                                                  atoms)
         for contender in contenders:
             log(f"{where}: {contender.name}")
-            result = measure_model(contender.module, graphs["edges_only" if contender.edges_only else "with_triplets"],
-                                   guards[contender.name], work, where, settings)
-            row["models"][contender.name] = {mode: _per_atom(value, atoms) for mode, value in result.items()}
+            row["models"][contender.name] = measure_model(
+                contender.module, graphs["edges_only" if contender.edges_only else "with_triplets"],
+                guards[contender.name], work, where, settings)
         rows.append(row)
         del graphs, graph
         free_memory(device)
@@ -340,8 +337,8 @@ def triplet_series(size: int, cutoffs: Sequence[float], names: Sequence[str], se
         for name in names:
             log(f"{where}: {name}")
             model = tensorframe_model(name, triplet_cutoff, device)
-            result = measure_model(model, graph, guards[name], graph.num_edges + graph.num_triplets, where, settings)
-            point["models"][name] = {mode: _per_atom(value, sample.num_atoms) for mode, value in result.items()}
+            point["models"][name] = measure_model(model, graph, guards[name], graph.num_edges + graph.num_triplets,
+                                                  where, settings)
             del model
             free_memory(device)
         points.append(point)
@@ -508,14 +505,11 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: dict[str, str
         lines += ["", f"{MODE_LABELS[mode].capitalize()} time (ms; slope = fitted slope of log time against "
                   f"log atoms, 1 = linear; '≥ {large}' fits the sizes from {large} atoms on):", "",
                   markdown_table(header, table)]
-    for mode in MODES:
-        lines += ["", f"{MODE_LABELS[mode].capitalize()} time per atom (µs):", "",
-                  markdown_table(["", *(f"{a} atoms" for a in atoms)],
-                                 [[n, *(cell(r["models"][n][mode], "per_atom_us") for r in rows)] for n in names])]
-    for mode in MODES:
-        lines += ["", f"{MODE_LABELS[mode].capitalize()} peak memory (MiB):", "",
-                  markdown_table(["", *(f"{a} atoms" for a in atoms)],
-                                 [[n, *(cell(r["models"][n][mode], "peak_mb") for r in rows)] for n in names])]
+    for key, what in (("per_atom_us", "time per atom (µs)"), ("peak_mb", "peak memory (MiB)")):
+        for mode in MODES:
+            lines += ["", f"{MODE_LABELS[mode].capitalize()} {what}:", "",
+                      markdown_table(["", *(f"{a} atoms" for a in atoms)],
+                                     [[n, *(cell(r["models"][n][mode], key) for r in rows)] for n in names])]
     ratios = result["ratios"]
     if ratios:
         base = ratios["base"]
@@ -564,6 +558,21 @@ def _mode_legend(ax: Any, **placement: Any) -> None:
     ax.legend(handles, labels, fontsize=8, **(placement or {"loc": "best"}))
 
 
+def _plot_model(ax: Any, color: str, name: str, points: dict[str, list[tuple[float, float]]]) -> None:
+    """One model's points per mode: forward solid, forward + backward dashed, labelled once."""
+    for mode, style in zip(MODES, ("-", "--"), strict=True):
+        if points[mode]:
+            ax.plot(*zip(*points[mode], strict=True), linestyle=style, marker="o", markersize=3, color=color,
+                    label=name if mode == "forward" else None)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_atoms(result: dict[str, Any], path: Path) -> None:
     """Time against atoms, log-log: one colour per model, forward solid, forward + backward dashed."""
     plt = _pyplot()
@@ -573,12 +582,9 @@ def plot_atoms(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9.5, 5.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, name in enumerate(result["models"]):
-        for mode, style in zip(MODES, ("-", "--"), strict=True):
-            points = [(r["atoms"], r["models"][name][mode]["median_ms"]) for r in rows
-                      if "median_ms" in r["models"][name][mode]]
-            if points:
-                ax.plot(*zip(*points, strict=True), linestyle=style, marker="o", markersize=3,
-                        color=colors[index % len(colors)], label=name if mode == "forward" else None)
+        _plot_model(ax, colors[index % len(colors)], name,
+                    {mode: [(r["atoms"], r["models"][name][mode]["median_ms"]) for r in rows
+                            if "median_ms" in r["models"][name][mode]] for mode in MODES})
     for kind, style in zip(GRAPH_KINDS, (":", "-."), strict=False):
         points = [(r["atoms"], r["graph_build"][kind]["median_ms"]) for r in rows
                   if "median_ms" in r["graph_build"].get(kind, {})]
@@ -594,10 +600,7 @@ def plot_atoms(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Time against atoms, {result['device_label']}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     _mode_legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_triplet_cutoff(result: dict[str, Any], path: Path) -> None:
@@ -608,15 +611,11 @@ def plot_triplet_cutoff(result: dict[str, Any], path: Path) -> None:
     points = series["points"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, name in enumerate(series["models"]):
-        for mode, style in zip(MODES, ("-", "--"), strict=True):
-            for ax, key in zip(axes, ("median_ms", "peak_mb"), strict=True):
-                xy = [(p["triplet_cutoff_A"], p["models"][name][mode][key]) for p in points
-                      if key in p["models"][name][mode]]
-                if xy:
-                    ax.plot(*zip(*xy, strict=True), linestyle=style, marker="o", markersize=3,
-                            color=colors[index % len(colors)], label=name if mode == "forward" else None)
-    for ax, ylabel in zip(axes, ("time (ms)", "peak memory (MiB)"), strict=True):
+    for ax, key, ylabel in zip(axes, ("median_ms", "peak_mb"), ("time (ms)", "peak memory (MiB)"), strict=True):
+        for index, name in enumerate(series["models"]):
+            _plot_model(ax, colors[index % len(colors)], name,
+                        {mode: [(p["triplet_cutoff_A"], p["models"][name][mode][key]) for p in points
+                                if key in p["models"][name][mode]] for mode in MODES})
         ax.set_yscale("log")
         ax.set_xticks([p["triplet_cutoff_A"] for p in points])
         ax.set_xticklabels([f"{p['triplet_cutoff_A']:g}\n{p['triplets_per_atom']:.0f}" for p in points], fontsize=8)
@@ -626,10 +625,7 @@ def plot_triplet_cutoff(result: dict[str, Any], path: Path) -> None:
         _mode_legend(ax)
     fig.suptitle(f"ETGNN against the triplet cutoff, {series['atoms']} atoms, cutoff {series['cutoff_A']} Å, "
                  f"{result['device_label']}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # --------------------------------------------------------------------------- command line

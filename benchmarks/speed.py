@@ -18,7 +18,6 @@ batch size); their numbers say so.
 
 from __future__ import annotations
 
-import importlib
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -123,13 +122,9 @@ def subprocess_peer_speed(name: str, task: Task, samples: Sequence[Sample], spli
                           ) -> dict[str, Any]:
     """A peer in its own venv (MACE, PaiNN), timed by its runner through the adapter's
     ``time_peer(task, samples, split, out_dir)``; or why not."""
-    run_peer, why = load_peer(name)
-    if run_peer is None:
-        return {"kind": "peer", "supported": False, "reason": f"not available: {why}"}
-    module = importlib.import_module(f"benchmarks.peers.{name}_peer")
-    time_peer = getattr(module, "time_peer", None)
+    time_peer, why = load_peer(name, "time_peer")
     if time_peer is None:
-        return {"kind": "peer", "supported": False, "reason": f"the {name} adapter has no time-only mode"}
+        return {"kind": "peer", "supported": False, "reason": f"not available: {why}"}
     out = RESULTS / "runs" / "speed" / task.name / name
     out.mkdir(parents=True, exist_ok=True)
     record = dict(time_peer(task, samples, split, out))
@@ -167,6 +162,3 @@ def speeds_for(speed: dict[str, Any] | None, task: str) -> dict[str, float] | No
         return None
     models = speed["tasks"][task].get("models", {})
     return {name: r["structures_per_s"] for name, r in models.items() if r.get("structures_per_s")}
-
-
-__all__ = ["PROTOCOL", "run_speed", "speeds_for", "time_task"]

@@ -403,6 +403,3 @@ def run_suite(task_names: list[str], backbones: list[str], peers: list[str], red
         write_json(json_path, result)
     write_json(json_path, result)
     return result
-
-
-__all__ = ["BACKBONES", "RUNS_DIR", "bar", "speed_bar", "field_errors", "run_suite", "run_task"]

@@ -298,6 +298,3 @@ def forces_comparison(tasks: dict[str, Any]) -> list[str]:
 def write_docs(result: dict[str, Any], json_path: Path, docs: Path = DOCS, speed: dict[str, Any] | None = None) -> None:
     rel = json_path.relative_to(REPO_ROOT) if json_path.resolve().is_relative_to(REPO_ROOT) else json_path
     replace_section(docs, "suite", section(result, str(rel), speed))
-
-
-__all__ = ["forces_comparison", "load_speed", "merge", "merge_task", "section", "with_speed", "write_docs"]

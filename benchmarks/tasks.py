@@ -350,6 +350,3 @@ def fix_abo3_piezo_sign(samples: list[Sample]) -> list[Sample]:
             sample = replace(sample, targets=targets)
         fixed.append(sample)
     return fixed
-
-
-__all__ = ["DATASETS_ROOT", "TASKS", "Task", "budget", "fix_abo3_piezo_sign", "load_task", "polar_sign", "split_indices"]

@@ -342,26 +342,21 @@ def prediction_loss(predictions: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(value.square().mean() for value in predictions.values())
 
 
-def forward_call(run: Callable[[Any], Any], graph: Any, grad_mode: Callable[[], Any] = torch.no_grad
-                 ) -> Callable[[], Any]:
-    """``run(graph)`` under ``grad_mode()`` (``torch.no_grad`` or ``torch.inference_mode``)."""
+def mode_calls(model: nn.Module, run: Callable[[Any], Any], loss: Callable[[Any], torch.Tensor], graph: Any,
+               grad_mode: Callable[[], Any] = torch.no_grad) -> dict[str, Callable[[], Any]]:
+    """``forward``: ``run(graph)`` under ``grad_mode()`` (``torch.no_grad`` or ``torch.inference_mode``);
+    ``forward_backward``: one forward + backward of ``loss(run(graph))``, gradients freed first, so
+    that their allocation is measured."""
 
-    def call() -> Any:
+    def forward() -> Any:
         with grad_mode():
             return run(graph)
 
-    return call
-
-
-def backward_call(model: nn.Module, run: Callable[[Any], Any], loss: Callable[[Any], torch.Tensor],
-                  graph: Any) -> Callable[[], None]:
-    """One forward + backward of ``loss(run(graph))``; gradients are freed first, so that their allocation is measured."""
-
-    def call() -> None:
+    def forward_backward() -> None:
         model.zero_grad(set_to_none=True)
         loss(run(graph)).backward()
 
-    return call
+    return {"forward": forward, "forward_backward": forward_backward}
 
 
 # --------------------------------------------------------------------------- numbers and tables

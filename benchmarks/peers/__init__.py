@@ -26,18 +26,16 @@ def available_peers() -> list[str]:
     return sorted(p.stem[: -len("_peer")] for p in PEERS_DIR.glob("*_peer.py"))
 
 
-def load_peer(name: str) -> tuple[Callable[..., dict[str, Any]] | None, str]:
-    """``(run_peer, "")``, or ``(None, reason)`` when the peer is absent or does not import."""
+def load_peer(name: str, entry: str = "run_peer") -> tuple[Callable[..., dict[str, Any]] | None, str]:
+    """``(the peer's entry point, "")`` (``run_peer``, ``time_peer``, ...), or ``(None, reason)`` when the
+    peer is absent, does not import or has no such entry point."""
     if not (PEERS_DIR / f"{name}_peer.py").is_file():
         return None, f"no module benchmarks/peers/{name}_peer.py (present: {', '.join(available_peers()) or 'none'})"
     try:
         module = importlib.import_module(f"benchmarks.peers.{name}_peer")
     except Exception as error:  # noqa: BLE001 - any import failure makes the peer unavailable
         return None, f"import failed: {type(error).__name__}: {error}"
-    run_peer = getattr(module, "run_peer", None)
-    if not callable(run_peer):
-        return None, f"benchmarks/peers/{name}_peer.py defines no run_peer"
-    return run_peer, ""
-
-
-__all__ = ["available_peers", "load_peer"]
+    function = getattr(module, entry, None)
+    if not callable(function):
+        return None, f"benchmarks/peers/{name}_peer.py defines no {entry}"
+    return function, ""

@@ -186,7 +186,3 @@ def run_peer(task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{NAME}_history.json").write_text(json.dumps(result.history, indent=1) + "\n")
     return report
-
-
-__all__ = ["build_peer", "field_metrics", "make_graph_fn", "mean_neighbors", "run_peer"]
-

@@ -3,25 +3,17 @@
 mace-torch pins e3nn 0.4.4 and tensorframe needs e3nn 0.6, so MACE lives in
 ``.bench-venvs/mace`` (made by ``benchmarks/peers/setup_mace_venv.sh``; env
 ``TENSORFRAME_MACE_VENV`` points elsewhere). :func:`run_peer` runs in tensorframe's venv
-(through ``peer_venv.VenvPeer``, which the PaiNN peer shares):
+through ``peer_venv.VenvPeer`` (shared with the PaiNN peer; its docstring describes the files),
+one ``<mace venv>/bin/python mace_runner.py run.json`` per MACE model. :func:`time_peer` is the
+same path in the runner's ``time`` mode: the same models (same sizes, z_table,
+avg_num_neighbors, seed), untrained, timed on the test split only.
 
-    task splits -> extxyz files (labels under REF_* keys, tensorframe's units)
-    -> ``<mace venv>/bin/python mace_runner.py run.json`` (one run per MACE model)
-    -> predictions (npz) + timings (json) -> MAE/RMSE with tensorframe.scoring.metrics
-
-:func:`time_peer` is the same path in the runner's ``time`` mode: the same models (same
-sizes, z_table, avg_num_neighbors, seed), untrained, timed on the test split only.
-
-Which MACE model learns which field (all MACE's own classes; see mace_runner.py):
-
-    energy, forces           ScaleShiftMACE (forces = -dE/dx)
-    dipole                   AtomicDipolesMACE (with polarizability: AtomicDielectricMACE)
-    polarizability           AtomicDielectricMACE (MACE-mu-alpha; symmetric 0e+2e, extensive)
-    atomic_dipole            AtomicDipolesMACE's per-atom dipoles
-
-A task with fields from two rows trains two MACE models, each with an equal share of the
-task's wall-time budget; train time, parameters and inference time are summed over them.
-Every other field has no MACE head (:data:`UNSUPPORTED`) and is reported, not faked.
+:func:`plan_models` groups a task's fields into MACE models (energy and forces:
+``ScaleShiftMACE``; dipole and polarizability: ``AtomicDielectricMACE``, dipole alone
+``AtomicDipolesMACE``; atomic dipoles: ``AtomicDipolesMACE``'s per-atom output; see
+mace_runner.py). A task with fields from two groups trains two MACE models, each with an equal
+share of the task's wall-time budget; train time, parameters and inference time are summed over
+them. Every other field has no MACE head (:data:`UNSUPPORTED`) and is reported, not faked.
 
 Units: MACE regresses dipole and polarizability as given (its AtomicDielectricMACE dipole
 baseline sum q_i r_i is in e·Å, which is tensorframe's dipole unit), so no conversion.
@@ -33,9 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.peer_venv import ATOM_FIELDS as ATOM_FIELDS
-from benchmarks.peers.peer_venv import LABEL_KEYS as LABEL_KEYS
-from benchmarks.peers.peer_venv import REPO_ROOT, ModelDescription, RunnerModel, VenvPeer
+from benchmarks.peers.peer_venv import ModelDescription, RunnerModel, VenvPeer
+from benchmarks.toolkit import REPO_ROOT
 
 RUNNER = Path(__file__).resolve().with_name("mace_runner.py")
 DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "mace"
@@ -124,21 +115,6 @@ PEER = VenvPeer(name="MACE", venv_name="MACE", runner=RUNNER, default_venv=DEFAU
                 default_lr=0.01, describe=_describe, plan=_runner_models,
                 md_model=lambda models: next((m for m in models if m.group == "energy"), None))
 
-#: ``mace_python(venv=None) -> Path``: the MACE venv's python (which may not exist).
-mace_python = PEER.python
-#: ``available(venv=None) -> (ok, reason)``: whether the MACE venv is there, and if not, why.
-available = PEER.available
-#: ``write_extxyz(samples, fields, path)``: samples as extxyz, labels under REF_* keys.
-write_extxyz = PEER.write_extxyz
-#: ``field_metrics(name, predicted, samples, elements=None) -> metrics``: one field's MAE/RMSE.
-field_metrics = PEER.field_metrics
-#: ``run_peer(task, samples, split, budget, out_dir, venv=None)``: train and test (:meth:`VenvPeer.run_peer`).
-run_peer = PEER.run_peer
-#: ``time_peer(task, samples, split, out_dir, venv=None, ...)``: time untrained (:meth:`VenvPeer.time_peer`).
-time_peer = PEER.time_peer
-#: ``md_peer(task, samples, split, budget, out_dir, md, timeout_s, venv=None)``: :meth:`VenvPeer.md_peer`.
-md_peer = PEER.md_peer
-
-
-__all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "field_metrics", "mace_python", "md_peer", "model_spec",
-           "plan_models", "run_peer", "time_peer", "write_extxyz"]
+# The peer's entry points are the VenvPeer's methods (see there).
+mace_python, available, write_extxyz, field_metrics = PEER.python, PEER.available, PEER.write_extxyz, PEER.field_metrics
+run_peer, time_peer, md_peer = PEER.run_peer, PEER.time_peer, PEER.md_peer

@@ -5,32 +5,18 @@ it talks to ``benchmarks/peers/mace_peer.py`` through files only:
 
     .bench-venvs/mace/bin/python benchmarks/peers/mace_runner.py run.json
 
-``run.json`` (written by the adapter)::
+``run.json`` and the modes are ``peer_venv.py``'s and ``runner_common.py``'s; here ``group`` is
+``energy`` | ``dipole`` | ``dielectric`` | ``atomic_dipole`` and ``model`` holds ``r_max``,
+``hidden_irreps``, ``max_ell``, ``num_interactions``, ``correlation``, ``num_bessel``,
+``num_polynomial_cutoff``, ``radial_MLP`` and ``MLP_irreps``. ``time`` mode builds the model
+exactly as ``train`` does (same z_table from every given file, avg_num_neighbors, E0s and
+scale/shift from the training file, same seed, hence the same initial weights); it needs the
+``train`` and ``test`` files (``valid``, when given, joins the z_table as in training). ``md``
+(``energy`` group only) runs with MACE's own ASE calculator,
+``mace.calculators.MACECalculator(models=<the trained module>)`` (forces = -dE/dx).
 
-    {"mode": "train" | "time" | "md",         # optional, "train" when absent
-     "group": "energy" | "dipole" | "dielectric" | "atomic_dipole",
-     "fields": {field: loss weight},          # the task fields this model learns
-     "files": {"train": xyz, "valid": xyz, "test": xyz},
-     "model": {"r_max", "hidden_irreps", "max_ell", "num_interactions", "correlation",
-               "num_bessel", "num_polynomial_cutoff", "radial_MLP", "MLP_irreps"},
-     "train": {"epochs", "batch_size", "eval_batch_size", "lr", "seed", "max_time_s", "dtype"},
-     "predictions": npz path, "result": json path,
-     "md": {"protocol": {...}, "start": xyz, "start_index": int}}   # md mode only
-
-Modes: ``train`` trains, writes the test predictions and times inference. ``time`` builds the
-model exactly as ``train`` does (same z_table from every given file, avg_num_neighbors, E0s
-and scale/shift from the training file, same seed, hence the same initial weights), skips
-training and writes only the inference timing: speed does not depend on the weights. It needs
-the ``train`` and ``test`` files (``valid``, when given, joins the z_table as in training) and
-reads only ``seed``, ``batch_size``, ``eval_batch_size`` and ``dtype`` from ``train``;
-``predictions`` is not written. ``md`` (``energy`` group only) trains and predicts as ``train``
-does, then runs ``benchmarks/bench_md.py``'s NVE protocol (``md_protocol.py``) with MACE's own
-ASE calculator, ``mace.calculators.MACECalculator(models=<the trained module>)`` (energy and
-forces = -dE/dx of the model), and adds its record under the result's ``md`` key.
-
-Labels in the extxyz (tensorframe's units, which MACE takes as they are, see below):
-``REF_energy`` (info, eV), ``REF_forces`` (arrays, eV/Å), ``REF_dipole`` (info, 3, e·Å),
-``REF_polarizability`` (info, 9 row-major), ``REF_atomic_dipole`` (arrays, N x 3).
+Labels (``REF_*`` keys, tensorframe's units, which MACE takes as they are): energy eV, forces
+eV/Å, dipole e·Å, polarizability 9 values row-major, atomic dipoles N x 3.
 
 Models, all MACE's own classes from ``mace.modules``:
 
@@ -44,14 +30,11 @@ Models, all MACE's own classes from ``mace.modules``:
   weight 0.
 - ``atomic_dipole``: ``AtomicDipolesMACE``'s ``atomic_dipoles`` output, trained per atom.
 
-Training is a small loop of our own (MACE's ``run_train`` CLI has no time budget and no
-per-atom dipole loss) with MACE's default optimizer (Adam, amsgrad, lr 0.01 unless the budget
-sets one, weight decay 5e-7, ReduceLROnPlateau factor 0.8 patience 50), loss = sum_f w_f * MSE_f / Var_train(f), fixed epochs or until
-``max_time_s`` (checked after each batch), keeping the weights of the best validation loss.
-Inference throughput (both modes): median of 3 timed passes over the test structures (neighbour
-lists, batching, forward; batches of ``eval_batch_size``) after one warm-up pass, one torch thread;
-under ``torch.no_grad()`` except the energy model, whose forces need autograd. The loop, loss,
-timing, seeding and file writing are ``runner_common.py``'s (shared with ``painn_runner.py``).
+Training: ``runner_common``'s loop (MACE's ``run_train`` CLI has no time budget and no per-atom
+dipole loss) with MACE's default optimizer (Adam, amsgrad, lr 0.01 unless the budget sets one,
+weight decay 5e-7, ReduceLROnPlateau factor 0.8 patience 50). Inference passes build the graphs
+(neighbour lists), batch and run the forward, under ``torch.no_grad()`` except the energy
+model, whose forces need autograd.
 """
 
 from __future__ import annotations
@@ -161,14 +144,12 @@ def batch_loss(model: torch.nn.Module, group: str, batch: Any, weights: dict[str
 
 def predict(run: PreparedRun) -> dict[str, np.ndarray]:
     """Test predictions per field, rows in file order (structures, or atoms for atom fields)."""
-    run.model.eval()
-    out: dict[str, list[np.ndarray]] = {name: [] for name in run.fields}
-    for batch in run.test_batches:
-        with torch.set_grad_enabled(run.group == "energy"):
-            pred = forward(run.model, run.group, batch, training=False)
-        for name in run.fields:
-            out[name].append(pred[OUTPUT_KEYS[name]].detach().numpy().astype(np.float64))
-    return {name: np.concatenate(values) for name, values in out.items()}
+
+    def outputs(batch: Any) -> dict[str, torch.Tensor]:
+        pred = forward(run.model, run.group, batch, training=False)
+        return {name: pred[OUTPUT_KEYS[name]] for name in run.fields}
+
+    return runner_common.predict_fields(run.model, run.test_batches, outputs, run.fields, grad=run.group == "energy")
 
 
 def time_inference(run: PreparedRun) -> list[float]:
@@ -300,10 +281,5 @@ def md_calculator(run: PreparedRun, md_cfg: dict[str, Any]) -> Any:
 STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record,
                                   md_calculator=md_calculator)
 
-
-def main(argv: list[str] | None = None) -> int:
-    return runner_common.run_main(STEPS, __doc__.splitlines()[0], argv)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(runner_common.run_main(STEPS, __doc__.splitlines()[0]))

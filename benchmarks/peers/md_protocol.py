@@ -261,22 +261,20 @@ def run_md(atoms: ase.Atoms, protocol: MDProtocol, has_energy: bool,
     def potential() -> float:
         return float(atoms.get_potential_energy()) if has_energy else float("nan")
 
-    def record(step: int, epot: float, geometry: dict[str, float]) -> None:
-        ekin = float(atoms.get_kinetic_energy())
+    def check(step: int, finite: bool) -> str | None:
+        """Record a row (energies, temperature, geometry) at ``step``; why the run broke down, or None."""
+        epot, ekin = potential(), float(atoms.get_kinetic_energy())
+        reason, geometry = geometry_check(atoms, pairs, protocol)
         row = {"time_ps": step * protocol.timestep_fs / 1000.0, "potential_eV": epot, "work_potential_eV": -work,
                "kinetic_eV": ekin, "total_eV": (epot if has_energy else -work) + ekin,
                "temperature_K": float(atoms.get_temperature()), **geometry}
         for key in SERIES_KEYS:
             series[key].append(_finite_or_none(row[key]))
+        return "non-finite forces or energy" if not finite or (has_energy and not np.isfinite(epot)) else reason
 
     started = time.perf_counter()
     forces = np.asarray(atoms.get_forces(), dtype=np.float64)
-    epot = potential()
-    reason, geometry = geometry_check(atoms, pairs, protocol)
-    record(0, epot, geometry)
-    if not np.isfinite(forces).all() or (has_energy and not np.isfinite(epot)):
-        reason = "non-finite forces or energy"
-    breakdown = reason
+    breakdown = check(0, np.isfinite(forces).all())
     while breakdown is None and step < protocol.steps:
         positions = atoms.get_positions()
         new_forces = dyn.step(forces)
@@ -286,12 +284,7 @@ def run_md(atoms: ase.Atoms, protocol: MDProtocol, has_energy: bool,
         forces = new_forces
         finite = np.isfinite(forces).all()
         if step % protocol.record_every == 0 or not finite or step == protocol.steps:
-            epot = potential()
-            reason, geometry = geometry_check(atoms, pairs, protocol)
-            if not finite or (has_energy and not np.isfinite(epot)):
-                reason = "non-finite forces or energy"
-            record(step, epot, geometry)
-            breakdown = reason
+            breakdown = check(step, finite)
         if log is not None and step % log_every == 0:
             log(f"step {step}/{protocol.steps}  T {series['temperature_K'][-1]} K  E_tot {series['total_eV'][-1]} eV")
     wall = time.perf_counter() - started
@@ -330,6 +323,3 @@ def run_md(atoms: ase.Atoms, protocol: MDProtocol, has_energy: bool,
         "series": series,
     }
 
-
-__all__ = ["SERIES_KEYS", "MDProtocol", "closest_distance", "energy_drift", "force_asymmetry", "geometry_check",
-           "minimum_image", "oh_pairs", "pair_distances", "run_md", "shadow_term", "start_velocities", "step_work"]

@@ -2,20 +2,14 @@
 
 SchNetPack brings pytorch-lightning, hydra and matscipy, so it lives in
 ``.bench-venvs/schnetpack`` (made by ``benchmarks/peers/setup_schnetpack_venv.sh``; env
-``TENSORFRAME_SCHNETPACK_VENV`` points elsewhere). As the MACE peer (through the same
-``peer_venv.VenvPeer``), :func:`run_peer` runs in tensorframe's venv:
+``TENSORFRAME_SCHNETPACK_VENV`` points elsewhere). As the MACE peer, :func:`run_peer` runs in
+tensorframe's venv through ``peer_venv.VenvPeer`` (``<schnetpack venv>/bin/python
+painn_runner.py run.json``); :func:`time_peer` is the same path in the runner's ``time`` mode
+(same model and seed, untrained, timed on the test split only).
 
-    task splits -> extxyz files (labels under REF_* keys, tensorframe's units)
-    -> ``<schnetpack venv>/bin/python painn_runner.py run.json``
-    -> predictions (npz) + timings (json) -> MAE/RMSE with tensorframe.scoring.metrics
-
-:func:`time_peer` is the same path in the runner's ``time`` mode (same model and seed,
-untrained, timed on the test split only).
-
-One PaiNN learns every supported field of a task, with SchNetPack's output modules sharing the
-representation (see painn_runner.py): ``Atomwise`` energy + ``Forces`` (-dE/dx), ``DipoleMoment``
-(latent charges + PaiNN's vector atomic dipoles), ``Polarizability``. Every other field has no
-SchNetPack output module (:data:`UNSUPPORTED`) and is reported, never faked.
+One PaiNN learns every supported field of a task, SchNetPack's output modules sharing the
+representation (see painn_runner.py); every other field has no SchNetPack output module
+(:data:`UNSUPPORTED`) and is reported, never faked.
 """
 
 from __future__ import annotations
@@ -24,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.peer_venv import REPO_ROOT, ModelDescription, RunnerModel, VenvPeer
+from benchmarks.peers.peer_venv import ModelDescription, RunnerModel, VenvPeer
+from benchmarks.toolkit import REPO_ROOT
 
 RUNNER = Path(__file__).resolve().with_name("painn_runner.py")
 DEFAULT_VENV = REPO_ROOT / ".bench-venvs" / "schnetpack"
@@ -85,17 +80,6 @@ PEER = VenvPeer(name="PaiNN", venv_name="SchNetPack", runner=RUNNER, default_ven
                 md_model=lambda models: models[0] if models and "forces" in models[0].fields else None,
                 md_model_file=f"{FILE_PREFIX}_model.pt")
 
-#: ``painn_python(venv=None) -> Path``: the SchNetPack venv's python (which may not exist).
-painn_python = PEER.python
-#: ``available(venv=None) -> (ok, reason)``: whether the SchNetPack venv is there, and if not, why.
-available = PEER.available
-#: ``run_peer(task, samples, split, budget, out_dir, venv=None)``: train and test (:meth:`VenvPeer.run_peer`).
-run_peer = PEER.run_peer
-#: ``time_peer(task, samples, split, out_dir, venv=None, ...)``: time untrained (:meth:`VenvPeer.time_peer`).
-time_peer = PEER.time_peer
-#: ``md_peer(task, samples, split, budget, out_dir, md, timeout_s, venv=None)``: :meth:`VenvPeer.md_peer`.
-md_peer = PEER.md_peer
-
-
-__all__ = ["MODEL_SIZES", "UNSUPPORTED", "available", "md_peer", "painn_python", "plan_fields", "run_peer",
-           "time_peer"]
+# The peer's entry points are the VenvPeer's methods (see there).
+painn_python, available, run_peer, time_peer, md_peer = (PEER.python, PEER.available, PEER.run_peer, PEER.time_peer,
+                                                         PEER.md_peer)

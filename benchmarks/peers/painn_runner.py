@@ -5,19 +5,10 @@ files only (as ``mace_runner.py`` does):
 
     .bench-venvs/schnetpack/bin/python benchmarks/peers/painn_runner.py run.json
 
-``run.json`` (written by the adapter)::
-
-    {"mode": "train" | "time" | "md",          # optional, "train" when absent
-     "fields": {field: loss weight},           # energy, forces, dipole, polarizability
-     "files": {"train": xyz, "valid": xyz, "test": xyz},
-     "model": {"cutoff", "n_atom_basis", "n_interactions", "n_rbf"},
-     "train": {"epochs", "batch_size", "eval_batch_size", "lr", "seed", "max_time_s", "dtype"},
-     "predictions": npz path, "result": json path,
-     "md": {"protocol": {...}, "start": xyz, "start_index": int, "model_file": path}}   # md mode only
-
-Labels in the extxyz are tensorframe's units, learned as they are: ``REF_energy`` (info),
-``REF_forces`` (arrays, N x 3), ``REF_dipole`` (info, 3), ``REF_polarizability`` (info, 9
-row-major).
+``run.json`` and the modes are ``peer_venv.py``'s and ``runner_common.py``'s; here ``model``
+holds ``cutoff``, ``n_atom_basis``, ``n_interactions`` and ``n_rbf``, ``fields`` are among
+energy, forces, dipole and polarizability (``REF_*`` labels in tensorframe's units, learned as
+they are), and ``md`` also names the ``model_file`` the trained module is saved to.
 
 Model (all SchNetPack's own modules): ``NeuralNetworkPotential`` with ``PairwiseDistances``
 input, ``PaiNN`` representation (``GaussianRBF`` radial basis, ``CosineCutoff``) and one output
@@ -33,19 +24,12 @@ energies are removed from the labels and added back to the predictions (what Sch
 ``RemoveOffsets`` / ``AddOffsets`` do with atomrefs); forces-only tasks train the energy with
 weight 0 and no offset.
 
-Training is a plain torch loop (no Lightning): Adam (lr from ``train``, 5e-4 by the adapter's
-default), batches of ``batch_size`` shuffled with the seed, loss = sum_f w_f * MSE_f / Var_train(f),
-``epochs`` or until ``max_time_s`` (checked after each batch), keeping the best validation loss's
-weights. Inference (both modes): median of 3 timed passes over the test structures (neighbour
-lists, collation, forward; batches of ``eval_batch_size``) after one warm-up, one torch thread;
-with autograd when forces are a field, else under ``torch.no_grad()``. ``time`` mode builds the
-same model (same seed, same initial weights) and only times it. ``md`` mode (forces a field)
-trains and predicts as ``train`` does, saves the trained module to ``md["model_file"]`` and runs
-``benchmarks/bench_md.py``'s NVE protocol (``md_protocol.py``) with SchNetPack's own ASE
-calculator, ``schnetpack.interfaces.SpkCalculator`` (eV and Å, the training dtype, the
-training's matscipy neighbour list), energy and forces = -dE/dx; its record is the result's
-``md`` key. The loop, loss, timing, seeding
-and file writing are ``runner_common.py``'s (shared with ``mace_runner.py``).
+Training: ``runner_common``'s loop (no Lightning) with Adam (lr from ``train``, 5e-4 by the
+adapter's default), batches shuffled with the seed. Inference passes build the neighbour lists
+(matscipy), collate and run the forward, with autograd when forces are a field, else under
+``torch.no_grad()``. ``md`` mode (forces a field) runs with SchNetPack's own ASE calculator,
+``schnetpack.interfaces.SpkCalculator`` (eV and Å, the training dtype, the training's matscipy
+neighbour list), energy and forces = -dE/dx.
 
 Compatibility shim (not a fork): SchNetPack 2.0.4's ``schnetpack/data/loader.py`` does
 ``from torch.utils.data.dataloader import _collate_fn_t, T_co``; torch 2.13 renamed the
@@ -268,19 +252,17 @@ def train(run: PreparedRun, train_cfg: dict[str, Any]) -> dict[str, Any]:
 def predict(run: PreparedRun) -> dict[str, np.ndarray]:
     """Test predictions per field in file order: structures (energy: (S,), dipole: (S, 3),
     polarizability: (S, 3, 3)) or atoms (forces: (N, 3)); energies with their references added back."""
-    run.model.eval()
     test = run.splits["test"]
-    out: dict[str, list[np.ndarray]] = {name: [] for name in run.fields}
-    for rows in batches(len(test.inputs), run.eval_batch_size):
-        inputs, _ = collate(run.neighbours["test"], test.labels, rows)
-        with torch.set_grad_enabled(run.needs_grad):
-            pred = run.model(inputs)
-        for name in run.fields:
-            value = pred[name].detach()
-            if name == "energy" and run.energy_refs is not None:
-                value = value + torch.cat([reference_energy(test.inputs[i], run.energy_refs) for i in rows])
-            out[name].append(value.numpy().astype(np.float64))
-    return {name: np.concatenate(values) for name, values in out.items()}
+
+    def outputs(rows: list[int]) -> dict[str, torch.Tensor]:
+        pred = dict(run.model(collate(run.neighbours["test"], test.labels, rows)[0]))
+        if "energy" in pred and run.energy_refs is not None:
+            pred["energy"] = pred["energy"].detach() + torch.cat([reference_energy(test.inputs[i], run.energy_refs)
+                                                                  for i in rows])
+        return pred
+
+    return runner_common.predict_fields(run.model, batches(len(test.inputs), run.eval_batch_size), outputs,
+                                        run.fields, grad=run.needs_grad)
 
 
 def time_inference(run: PreparedRun) -> list[float]:
@@ -342,10 +324,5 @@ def md_calculator(run: PreparedRun, md_cfg: dict[str, Any]) -> Any:
 STEPS = runner_common.RunnerSteps(prepare=prepare, train=train, predict=predict, inference_record=inference_record,
                                   md_calculator=md_calculator)
 
-
-def main(argv: list[str] | None = None) -> int:
-    return runner_common.run_main(STEPS, __doc__.splitlines()[0], argv)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(runner_common.run_main(STEPS, __doc__.splitlines()[0]))

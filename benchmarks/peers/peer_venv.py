@@ -1,9 +1,9 @@
 """A benchmark peer that lives in its own virtual environment, spoken to through files.
 
-Shared by ``mace_peer`` and ``painn_peer`` (each peer's runner script, e.g. ``mace_runner.py``,
-runs in the peer's venv and never imports tensorframe; what the runners share, the training
-loop, loss, timing and result files, is ``runner_common.py``, importing only torch, numpy and ase). Everything here runs in tensorframe's
-venv; one runner process per peer model, each with its file-name ``prefix`` in ``out_dir``:
+Shared by ``mace_peer`` and ``painn_peer``; each peer's runner script (``mace_runner.py``,
+``painn_runner.py``) runs in the peer's venv and never imports tensorframe (what the runners
+share is ``runner_common.py``). Everything here runs in tensorframe's venv; one runner process
+per peer model, each with its file-name ``prefix`` in ``out_dir``:
 
     task splits -> {prefix}_{train,valid,test}.xyz (labels under REF_* keys, tensorframe's units)
     -> {prefix}_run.json -> ``<venv>/bin/python <runner>.py {prefix}_run.json`` -> {prefix}_log.txt
@@ -40,24 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.toolkit import REPO_ROOT
+from benchmarks.peers.runner_common import ATOM_FIELDS, LABEL_KEYS
 from tensorframe.types import Sample
 
-LABEL_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "dipole": "REF_dipole",
-              "polarizability": "REF_polarizability", "atomic_dipole": "REF_atomic_dipole"}
-ATOM_FIELDS = ("forces", "atomic_dipole")
 SPLIT_PARTS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
 class RunnerModel:
-    """One peer model, trained or timed by one runner process.
-
-    ``prefix``: its files' names in ``out_dir`` (``{prefix}_run.json``, ...); ``fields``:
-    {field: loss weight} it learns; ``spec``: run.json's ``model`` block (the peer's sizes);
-    ``group``: run.json's ``group`` (the model kind, for a runner that builds several), left
-    out of run.json when None.
-    """
+    """One peer model, trained or timed by one runner process: its files' ``prefix``, {field: loss
+    weight}, run.json's ``model`` block (``spec``) and ``group`` (left out of run.json when None)."""
 
     prefix: str
     fields: Mapping[str, float]
@@ -80,19 +72,9 @@ def unsupported_reason(unsupported: Mapping[str, str]) -> str:
     return "; ".join(f"{f}: {r}" for f, r in unsupported.items())
 
 
-def split_parts(samples: Sequence[Sample], split: Mapping[str, Sequence[int]]) -> dict[str, list[Sample]]:
-    """{"train" | "valid" | "test": the split's samples, in the split's order}."""
-    return {name: [samples[i] for i in split[name]] for name in SPLIT_PARTS}
-
-
 def runner_train_config(task: Any, budget: Mapping[str, Any], *, default_lr: float,
                         num_models: int) -> dict[str, Any]:
-    """run.json's ``train`` block: the budget's settings, its time budget shared by the models.
-
-    Keys: ``epochs``, ``batch_size`` (8 unless the budget says), ``eval_batch_size`` (16),
-    ``lr`` (``default_lr``), ``seed`` (the split's seed), ``max_time_s`` (the budget's over
-    ``num_models``, or None), ``dtype`` ("float32").
-    """
+    """run.json's ``train`` block: the budget's settings, its time budget shared by the models."""
     max_time = budget.get("max_time_s")
     return {
         "epochs": int(budget["epochs"]), "batch_size": int(budget.get("batch_size", 8)),
@@ -103,13 +85,6 @@ def runner_train_config(task: Any, budget: Mapping[str, Any], *, default_lr: flo
     }
 
 
-def make_out_dir(out_dir: Path | str) -> Path:
-    """``out_dir`` as a Path, created (with its parents) if missing."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
 def predictions_path(out_dir: Path, prefix: str) -> Path:
     """Where the runner writes one model's test predictions (train mode)."""
     return out_dir / f"{prefix}_predictions.npz"
@@ -117,10 +92,7 @@ def predictions_path(out_dir: Path, prefix: str) -> Path:
 
 def inference_record(results: Sequence[Mapping[str, Any]], test: Sequence[Sample],
                      description: ModelDescription) -> dict[str, Any]:
-    """Inference speed and size of a task's peer models together (times and parameters summed).
-
-    ``results``: the runners' result jsons, one per model; ``test``: the timed test split.
-    """
+    """Inference speed and size of a task's peer models (result jsons) together, times and parameters summed."""
     inference_s = sum(float(np.median(r["inference_times_s"])) for r in results)
     test_atoms = sum(len(s.numbers) for s in test)
     return {
@@ -233,22 +205,30 @@ class VenvPeer:
             predicted, target = predicted[keep], target[keep]
         return metrics(FieldPairs(name, spec.level, spec.units, spec.rank, predicted, target, len(samples)))
 
-    def blocked(self, models: Sequence[RunnerModel], unsupported: Mapping[str, str],
-                venv: Path | None) -> dict[str, Any] | None:
-        """The record of a task the peer cannot run (no supported field, or no venv); None if it can."""
-        if not models:
-            return {"supported": False, "reason": unsupported_reason(unsupported),
-                    "unsupported_fields": dict(unsupported)}
+    def _test_metrics(self, task: Any, model: RunnerModel, out_dir: Path, test: Sequence[Sample]) -> dict[str, Any]:
+        """{field: metrics} of one model's test predictions (``task.metric_elements`` applied)."""
+        with np.load(predictions_path(out_dir, model.prefix)) as predictions:
+            return {name: self.field_metrics(name, predictions[name], test,
+                                             getattr(task, "metric_elements", {}).get(name))
+                    for name in model.fields}
+
+    def _start(self, models: Sequence[RunnerModel], unsupported: Mapping[str, str], venv: Path | None,
+               samples: Sequence[Sample], split: Mapping[str, Sequence[int]], out_dir: Path
+               ) -> tuple[dict[str, Any] | None, Path, dict[str, list[Sample]]]:
+        """(the record of a task the peer cannot run: no supported field or no venv, else None;
+        ``out_dir``, created when it can; {"train" | "valid" | "test": the split's samples})."""
         ok, reason = self.available(venv)
-        if not ok:
-            return {"supported": False, "reason": reason}
-        return None
+        if not models or not ok:
+            return ({"supported": False, "reason": reason} if models else
+                    {"supported": False, "reason": unsupported_reason(unsupported),
+                     "unsupported_fields": dict(unsupported)}), Path(out_dir), {}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return None, Path(out_dir), {name: [samples[i] for i in split[name]] for name in SPLIT_PARTS}
 
     def run_model(self, task: Any, mode: str, model: RunnerModel, parts: Mapping[str, Sequence[Sample]],
                   train_cfg: Mapping[str, Any], out_dir: Path, timeout: float, venv: Path | None,
                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write one model's extxyz files and run.json (with ``extra``'s keys, e.g. ``md``), run
-        the runner on them; its result json.
+        """Write one model's extxyz files and run.json (plus ``extra``'s keys), run the runner; its result json.
 
         Raises:
             RuntimeError: with the log's tail when the runner fails.
@@ -278,7 +258,8 @@ class VenvPeer:
 
     def run_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
                  budget: Mapping[str, Any], out_dir: Path, venv: Path | None = None) -> dict[str, Any]:
-        """Train and test the task's models (``plan``) on its splits within its budget: :meth:`train_and_test`.
+        """Train and test the task's models (``plan``) on its splits, each with an equal share of the
+        budget's time.
 
         ``budget``: ``epochs``, ``max_time_s`` and optional ``batch_size`` (8, as the suite),
         ``eval_batch_size`` (16, the suite's inference batch), ``lr`` (``default_lr``), ``seed``
@@ -286,55 +267,15 @@ class VenvPeer:
         checks). Each model's test predictions stay in ``out_dir/<prefix>_predictions.npz``.
         """
         models, unsupported = self.plan(task)
-        return self.train_and_test(task, samples, split, budget, out_dir, venv, models, unsupported)
-
-    def time_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], out_dir: Path,
-                  venv: Path | None = None, *, eval_batch_size: int = 16, dtype: str = "float32",
-                  timeout_s: float = 900.0) -> dict[str, Any]:
-        """Time the inference of the models :meth:`run_peer` would train (same sizes, data-derived
-        settings and seed, hence the same initial weights), untrained, on the test split:
-        :meth:`time_untrained`. Inference as in :meth:`run_peer`: batches of ``eval_batch_size``,
-        graphs built in every pass, median of 3 passes after 1 warm-up, one torch thread; models
-        whose forces are -dE/dx run with autograd. ``timeout_s`` bounds each runner process."""
-        models, unsupported = self.plan(task)
-        return self.time_untrained(task, samples, split, out_dir, venv, models, unsupported,
-                                   eval_batch_size=eval_batch_size, dtype=dtype, timeout_s=timeout_s)
-
-    def md_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
-                budget: Mapping[str, Any], out_dir: Path, md: Mapping[str, Any], timeout_s: float,
-                venv: Path | None = None) -> dict[str, Any]:
-        """Train the task's ``md_model`` as :meth:`run_peer` does, with the whole budget, then run the
-        MD protocol ``md`` (run.json's ``md`` block, see ``benchmarks/bench_md.py``) with the
-        runner's own ASE calculator: :meth:`train_and_md`; ``timeout_s`` bounds both."""
-        model = self.md_model(self.plan(task)[0])
-        unsupported = {} if model is not None else {"forces": "the task has no forces for an MD run"}
-        if self.md_model_file is not None:
-            md = {**md, "model_file": str(Path(out_dir) / self.md_model_file)}
-        return self.train_and_md(task, samples, split, budget, out_dir, venv, model, unsupported, md, timeout_s)
-
-    def train_and_test(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
-                       budget: Mapping[str, Any], out_dir: Path, venv: Path | None,
-                       models: Sequence[RunnerModel], unsupported: Mapping[str, str]) -> dict[str, Any]:
-        """Train and test ``models`` on a task's splits, each with an equal share of the budget's time.
-
-        Returns ``supported``, ``reason``, ``unsupported_fields`` and, when supported,
-        ``fields`` ({field: metrics on the test split}), ``train_time_s`` (summed over models),
-        ``peak_memory_mib`` (their max), ``peak_memory_method`` and :func:`inference_record`'s keys.
-        """
-        blocked = self.blocked(models, unsupported, venv)
+        blocked, out_dir, parts = self._start(models, unsupported, venv, samples, split, out_dir)
         if blocked is not None:
             return blocked
-        out_dir, parts = make_out_dir(out_dir), split_parts(samples, split)
         train_cfg = runner_train_config(task, budget, default_lr=self.default_lr, num_models=len(models))
         timeout = budget.get("timeout_s") or 3 * (train_cfg["max_time_s"] or 600) + 300
         results, field_results = [], {}
         for model in models:
-            result = self.run_model(task, "train", model, parts, train_cfg, out_dir, timeout, venv)
-            with np.load(predictions_path(out_dir, model.prefix)) as predictions:
-                for name in model.fields:
-                    elements = getattr(task, "metric_elements", {}).get(name)
-                    field_results[name] = self.field_metrics(name, predictions[name], parts["test"], elements)
-            results.append(result)
+            results.append(self.run_model(task, "train", model, parts, train_cfg, out_dir, timeout, venv))
+            field_results.update(self._test_metrics(task, model, out_dir, parts["test"]))
         summary = inference_record(results, parts["test"], self.describe(results))
         if len(results) > 1:
             summary["notes"].append(f"{len(results)} {self.name} models, each with 1/{len(results)} of the time "
@@ -350,54 +291,19 @@ class VenvPeer:
             **summary,
         }
 
-    def train_and_md(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
-                     budget: Mapping[str, Any], out_dir: Path, venv: Path | None, model: RunnerModel | None,
-                     unsupported: Mapping[str, str], md: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Train ``model`` as :meth:`train_and_test` does (the whole time budget), then run the MD
-        protocol ``md`` (run.json's ``md`` block) with it in the runner (``md`` mode).
-
-        Returns ``supported``, ``reason`` and, when supported, ``fields`` ({field: test metrics}),
-        ``train_time_s``, ``epochs_done``, ``stopped_by``, ``num_parameters``, ``torch_threads``,
-        ``dtype``, ``versions``, ``model``, ``notes`` and ``md`` (``md_protocol.run_md``'s record).
-        When the MD run fails after training, ``md`` is ``{"error": ...}`` and the training's
-        keys come from the result json the runner wrote before the MD run.
+    def time_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]], out_dir: Path,
+                  venv: Path | None = None, *, eval_batch_size: int = 16, dtype: str = "float32",
+                  timeout_s: float = 900.0) -> dict[str, Any]:
+        """Time the inference of the models :meth:`run_peer` would train (same sizes, data-derived
+        settings and seed, hence the same initial weights), untrained, on the test split (runner
+        ``time`` mode). Inference as in :meth:`run_peer`: batches of ``eval_batch_size``, graphs
+        built in every pass, median of 3 passes after 1 warm-up, one torch thread; models whose
+        forces are -dE/dx run with autograd. ``timeout_s`` bounds each runner process.
         """
-        blocked = self.blocked([model] if model is not None else [], unsupported, venv)
+        models, unsupported = self.plan(task)
+        blocked, out_dir, parts = self._start(models, unsupported, venv, samples, split, out_dir)
         if blocked is not None:
             return blocked
-        out_dir, parts = make_out_dir(out_dir), split_parts(samples, split)
-        train_cfg = runner_train_config(task, budget, default_lr=self.default_lr, num_models=1)
-        result_path = out_dir / f"{model.prefix}_result.json"
-        try:
-            result = self.run_model(task, "md", model, parts, train_cfg, out_dir, timeout_s, venv, {"md": dict(md)})
-        except (RuntimeError, subprocess.TimeoutExpired) as error:
-            if not result_path.exists():
-                raise
-            result = {**json.loads(result_path.read_text()), "md": {"error": f"{type(error).__name__}: {error}"}}
-        fields = {}
-        with np.load(predictions_path(out_dir, model.prefix)) as predictions:
-            for name in model.fields:
-                elements = getattr(task, "metric_elements", {}).get(name)
-                fields[name] = self.field_metrics(name, predictions[name], parts["test"], elements)
-        description = self.describe([result])
-        return {"supported": True, "reason": unsupported_reason(unsupported), "fields": fields,
-                **{key: result.get(key) for key in ("train_time_s", "epochs_done", "stopped_by", "num_parameters",
-                                                    "torch_threads", "dtype", "versions")},
-                "model": description.model, "notes": description.notes, "md": result["md"]}
-
-    def time_untrained(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
-                       out_dir: Path, venv: Path | None, models: Sequence[RunnerModel],
-                       unsupported: Mapping[str, str], *, eval_batch_size: int, dtype: str,
-                       timeout_s: float) -> dict[str, Any]:
-        """Time ``models``' inference on the test split with their untrained weights (runner ``time`` mode).
-
-        Returns ``supported``, ``reason``, ``unsupported_fields`` and, when supported, ``fields``
-        (list of the fields whose models were timed) and :func:`inference_record`'s keys.
-        """
-        blocked = self.blocked(models, unsupported, venv)
-        if blocked is not None:
-            return blocked
-        out_dir, parts = make_out_dir(out_dir), split_parts(samples, split)
         train_cfg = runner_train_config(task, {"epochs": 0, "eval_batch_size": eval_batch_size, "dtype": dtype},
                                         default_lr=self.default_lr, num_models=len(models))
         results = [self.run_model(task, "time", model, parts, train_cfg, out_dir, timeout_s, venv)
@@ -411,7 +317,34 @@ class VenvPeer:
                 "fields": [name for model in models for name in model.fields],
                 "unsupported_fields": unsupported, **summary}
 
-
-__all__ = ["ATOM_FIELDS", "LABEL_KEYS", "REPO_ROOT", "ModelDescription", "RunnerModel", "VenvPeer",
-           "inference_record", "make_out_dir", "predictions_path", "runner_train_config", "split_parts",
-           "unsupported_reason"]
+    def md_peer(self, task: Any, samples: Sequence[Sample], split: Mapping[str, Sequence[int]],
+                budget: Mapping[str, Any], out_dir: Path, md: Mapping[str, Any], timeout_s: float,
+                venv: Path | None = None) -> dict[str, Any]:
+        """Train the task's ``md_model`` as :meth:`run_peer` does (the whole time budget), then run the
+        MD protocol ``md`` (run.json's ``md`` block, see ``benchmarks/bench_md.py``) with it in the
+        runner (``md`` mode, the runner's own ASE calculator); ``timeout_s`` bounds both. When the MD
+        run fails after training, ``md`` is ``{"error": ...}`` and the training's keys come from the
+        result json the runner wrote before the MD run.
+        """
+        model = self.md_model(self.plan(task)[0])
+        unsupported = {} if model is not None else {"forces": "the task has no forces for an MD run"}
+        blocked, out_dir, parts = self._start([model] if model is not None else [], unsupported, venv, samples,
+                                              split, out_dir)
+        if blocked is not None:
+            return blocked
+        if self.md_model_file is not None:
+            md = {**md, "model_file": str(out_dir / self.md_model_file)}
+        train_cfg = runner_train_config(task, budget, default_lr=self.default_lr, num_models=1)
+        result_path = out_dir / f"{model.prefix}_result.json"
+        try:
+            result = self.run_model(task, "md", model, parts, train_cfg, out_dir, timeout_s, venv, {"md": dict(md)})
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            if not result_path.exists():
+                raise
+            result = {**json.loads(result_path.read_text()), "md": {"error": f"{type(error).__name__}: {error}"}}
+        description = self.describe([result])
+        return {"supported": True, "reason": unsupported_reason(unsupported),
+                "fields": self._test_metrics(task, model, out_dir, parts["test"]),
+                **{key: result.get(key) for key in ("train_time_s", "epochs_done", "stopped_by", "num_parameters",
+                                                    "torch_threads", "dtype", "versions")},
+                "model": description.model, "notes": description.notes, "md": result["md"]}

@@ -12,7 +12,11 @@ inference timing (median of :data:`INFERENCE_REPEATS` passes after one warm-up),
 json's common keys, atomic writes of the result json and predictions npz, and ``main``
 (:func:`run_main`: read run.json, train and predict in ``train`` and ``md`` mode, time in every
 mode, and in ``md`` mode run ``benchmarks/bench_md.py``'s NVE protocol, ``md_protocol.py``, with
-the trained model's ASE calculator: :func:`run_md_block`).
+the trained model's ASE calculator: :func:`run_md_block`). ``time`` mode builds the model as
+``train`` does (same seed, hence the same initial weights), skips training and writes only the
+inference timing (speed does not depend on the weights): it reads only ``seed``, ``batch_size``,
+``eval_batch_size`` and ``dtype`` from ``train`` and writes no predictions. Every inference pass
+goes over the test structures in batches of ``eval_batch_size`` on one torch thread.
 """
 
 from __future__ import annotations
@@ -47,10 +51,7 @@ Run = TypeVar("Run")
 
 
 def read_labelled(path: str, fields: Sequence[str]) -> list[tuple[ase.Atoms, dict[str, np.ndarray]]]:
-    """The structures of one extxyz file, each with {field: label as stored, float64}.
-
-    Per-atom fields (:data:`ATOM_FIELDS`) come from ``atoms.arrays`` ((atoms, 3)), the others
-    from ``atoms.info`` (energy: (), dipole: (3,), polarizability: (9,) row-major).
+    """The structures of one extxyz file, each with {field: label as stored (``REF_*`` key), float64}.
 
     Raises:
         ValueError: naming the structure, key and field when a label is missing.
@@ -79,10 +80,7 @@ def setup_torch(train_cfg: Mapping[str, Any]) -> None:
 
 
 def field_variances(labels: Mapping[str, Sequence[torch.Tensor]]) -> dict[str, float]:
-    """Variance of each field's training labels (all components of all structures), floored at 1e-12.
-
-    ``labels``: {field: one tensor per structure (or batch), any shape}.
-    """
+    """Variance of each field's training labels ({field: tensors of any shape}), floored at 1e-12."""
     out = {}
     for name, values in labels.items():
         flat = torch.cat([v.reshape(-1) for v in values])
@@ -92,10 +90,7 @@ def field_variances(labels: Mapping[str, Sequence[torch.Tensor]]) -> dict[str, f
 
 def weighted_loss(error: Callable[[str], torch.Tensor], weights: Mapping[str, float],
                   variances: Mapping[str, float]) -> torch.Tensor:
-    """sum_f w_f * mean(error(f)**2) / variances[f] over the fields of non-zero weight.
-
-    ``error(field)``: prediction minus label, any shape; called only for weighted fields.
-    """
+    """sum_f w_f * mean(error(f)**2) / variances[f] over the fields of non-zero weight (error: prediction - label)."""
     total = torch.zeros((), dtype=torch.get_default_dtype())
     for name, weight in weights.items():
         if weight == 0:
@@ -173,6 +168,20 @@ def time_passes(one_pass: Callable[[], None], repeats: int = INFERENCE_REPEATS) 
     return times
 
 
+def predict_fields(model: torch.nn.Module, batches: Iterable[Batch], forward: Callable[[Batch], Mapping[str, Any]],
+                   fields: Sequence[str], grad: bool) -> dict[str, np.ndarray]:
+    """{field: ``forward(batch)[field]`` of every batch, concatenated, float64}, the model in eval
+    mode, autograd on when ``grad`` (forces = -dE/dx)."""
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {name: [] for name in fields}
+    for batch in batches:
+        with torch.set_grad_enabled(grad):
+            pred = forward(batch)
+        for name in fields:
+            out[name].append(pred[name].detach().numpy().astype(np.float64))
+    return {name: np.concatenate(values) for name, values in out.items()}
+
+
 def timing_record(times: Sequence[float], *, structures: int, atoms: int, grad: bool, batch_size: int,
                   each_pass: str) -> dict[str, Any]:
     """The result json's inference keys, from the timed passes over ``structures`` / ``atoms``.
@@ -228,22 +237,6 @@ def write_predictions(path: Path | str, arrays: Mapping[str, np.ndarray]) -> Non
     write_atomic(path, buffer.getvalue())
 
 
-def read_run_config(argv: list[str] | None, description: str) -> tuple[dict[str, Any], str]:
-    """The command line (one argument: the run.json path) -> (run.json's content, its mode).
-
-    Raises:
-        ValueError: for a mode other than :data:`MODES` ("train" when absent).
-    """
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("config", type=Path)
-    args = parser.parse_args(argv)
-    cfg = json.loads(args.config.read_text())
-    mode = cfg.get("mode", "train")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
-    return cfg, mode
-
-
 def run_md_block(calculator: Any, md_cfg: Mapping[str, Any], has_energy: bool = True) -> dict[str, Any]:
     """Run.json's ``md`` block with ``calculator`` (an ASE calculator of the trained model):
     ``md_protocol.run_md`` from structure ``md_cfg["start_index"]`` (0) of the extxyz file
@@ -281,9 +274,15 @@ def run_main(steps: RunnerSteps[Run], description: str, argv: list[str] | None =
     trained model (result key ``md``, :func:`run_md_block`); write the result json ({"mode", ...}).
 
     Raises:
-        ValueError: in ``md`` mode for a runner without ``md_calculator``.
+        ValueError: for a mode other than :data:`MODES` ("train" when absent), or ``md`` mode for a
+            runner without ``md_calculator``.
     """
-    cfg, mode = read_run_config(argv, description)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", type=Path, help="run.json")
+    cfg = json.loads(parser.parse_args(argv).config.read_text())
+    mode = cfg.get("mode", "train")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
     if mode == "md" and steps.md_calculator is None:
         raise ValueError("this runner has no md mode (no md_calculator)")
     run = steps.prepare(cfg)
@@ -298,8 +297,3 @@ def run_main(steps: RunnerSteps[Run], description: str, argv: list[str] | None =
     write_result(cfg["result"], result)
     return 0
 
-
-__all__ = ["ATOM_FIELDS", "INFERENCE_REPEATS", "LABEL_KEYS", "MODES", "RunnerSteps", "field_variances", "mean_loss",
-           "num_parameters", "read_labelled", "read_run_config", "run_main", "run_md_block", "setup_torch", "time_passes",
-           "timing_record", "train_best_on_valid", "versions", "weighted_loss", "write_atomic", "write_predictions",
-           "write_result"]

@@ -207,6 +207,3 @@ def train_peer(module: nn.Module, samples: Sequence[Sample], split: Mapping[str,
         module.load_state_dict(best_state)
     module.eval()
     return TrainOutcome(epoch, steps, stopped, train_time, best_epoch, best_loss, seen, history)
-
-
-__all__ = ["GraphPredictor", "TrainOutcome", "TrainSettings", "label_normalization", "train_peer"]
