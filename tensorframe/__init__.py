@@ -14,6 +14,7 @@ from tensorframe._version import __version__
 from tensorframe.backbones import Backbone
 from tensorframe.calculator import TensorframeCalculator
 from tensorframe.checkpoint import load_model, save_checkpoint
+from tensorframe.compilation import compile_model
 from tensorframe.config import ConfigError, ModelConfig
 from tensorframe.fields import FieldSpec
 from tensorframe.heads import CartesianTensorHead, Head, ScalarHead
@@ -46,5 +47,5 @@ __all__ = [
     "legendre_basis", "scatter_mean", "scatter_sum", "TripletBasis", "gather_mul", "gather_mul_scatter",
     # for users
     "ConfigError", "InputError", "ModelConfig", "PluginError", "TensorModel", "TensorframeCalculator", "__version__",
-    "build_model", "get_registry", "list_plugins", "load_model", "read_structures", "save_checkpoint",
+    "build_model", "compile_model", "get_registry", "list_plugins", "load_model", "read_structures", "save_checkpoint",
 ]

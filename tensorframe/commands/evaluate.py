@@ -13,6 +13,7 @@ from tensorframe.commands.options import (
     parse_key_map,
     positive_int,
 )
+from tensorframe.compilation import compile_model
 from tensorframe.registry import get_registry
 
 DESCRIPTION = """\
@@ -32,6 +33,8 @@ def register(subparsers) -> None:
                              "option or separate pairs by commas (a=b,c=d)")
     parser.add_argument("-o", "--outdir", default="evaluation", help="folder for metrics.json and plots (evaluation)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model first (minutes; worth it for many structures)")
     add_device_option(parser, "cpu", "torch device (default cpu)")
     add_graph_memory_option(parser)
     parser.set_defaults(func=cmd_evaluate)
@@ -47,6 +50,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     apply_graph_memory(args.graph_memory)
     registry = get_registry()
     model = load_model(args.checkpoint, map_location=device, registry=registry)
+    if args.compile:
+        compile_model(model)
     samples, sources = read_inputs(args.data, args.format, registry, **({"key_map": key_map} if key_map else {}))
     result = write_report(model, samples, args.outdir, batch_size=args.batch_size, names=structure_names(sources))
     if not result["fields"]:

@@ -17,6 +17,7 @@ from tensorframe.commands.options import (
     positive_float,
     positive_int,
 )
+from tensorframe.compilation import compile_model
 from tensorframe.registry import Registry, get_registry
 from tensorframe.types import Sample
 
@@ -41,6 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--symprec", type=positive_float, default=1e-5,
                         help="spglib tolerance in Å for --born-file (1e-5)")
     parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model first (minutes; worth it for many structures)")
     add_device_option(parser, "cpu", "torch device (default cpu)")
     add_graph_memory_option(parser)
     parser.set_defaults(func=cmd_predict)
@@ -85,6 +88,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     apply_graph_memory(args.graph_memory)
     registry = get_registry()
     model = load_model(args.checkpoint, map_location=device, registry=registry)
+    if args.compile:
+        compile_model(model)
     fields = model.fields
     if args.born_file is not None:
         missing = [name for name in BORN_FIELDS if name not in fields]

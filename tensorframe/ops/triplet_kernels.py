@@ -46,8 +46,9 @@ def native_kernels(enabled: bool) -> Iterator[None]:
 
 
 def use_native(*tensors: torch.Tensor) -> bool:
-    """Whether the compiled kernels run for these tensors: loaded, allowed, CPU, float32/64."""
-    return (_allowed and native_enabled()
+    """Whether the compiled kernels run for these tensors: loaded, allowed, CPU, float32/64, and
+    not inside ``torch.compile`` (which fuses the pure-PyTorch form itself)."""
+    return (_allowed and not torch.compiler.is_compiling() and native_enabled()
             and all(t.device.type == "cpu" for t in tensors)
             and tensors[0].dtype in (torch.float32, torch.float64))
 

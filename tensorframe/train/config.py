@@ -152,6 +152,11 @@ class TrainConfig(_Strict):
         30.0, description="without a terminal, a progress line with the loss at most this often (seconds)")
     parity_plots: bool = Field(True, description="parity plots of the best model on the test split at the end")
     tensorboard: bool = False
+    compile: bool = Field(
+        False,
+        description="torch.compile the backbone and heads (dynamic shapes): minutes of compiling before the "
+        "first step, then faster steps (docs/benchmarks.md); not for conservative models",
+    )
     graph_cache: bool | Literal["auto"] = Field(
         "auto",
         description="keep each structure's neighbour list and triplets in memory after its first batch; auto: "
@@ -166,7 +171,8 @@ class TrainConfig(_Strict):
 # Keys that may change between a run and its resumption; any other change is refused.
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "max_time_s", "device", "progress", "progress_interval_s", "parity_plots", "tensorboard",
-     "checkpoint_every_steps", "output_dir", "early_stopping", "eval_batch_size", "amp", "graph_cache"}
+     "checkpoint_every_steps", "output_dir", "early_stopping", "eval_batch_size", "amp", "graph_cache",
+     "compile"}
 )
 
 

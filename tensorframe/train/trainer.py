@@ -37,6 +37,7 @@ import yaml
 from pydantic import ValidationError
 
 from tensorframe.checkpoint import LEGACY_FORMATS, load_checkpoint, save_checkpoint, with_paper_basis
+from tensorframe.compilation import compile_model
 from tensorframe.config import ConfigError, ModelConfig
 from tensorframe.graph.cache import DEFAULT_CACHE_BUDGET_GB, GraphCache, estimated_cache_bytes
 from tensorframe.model import TensorModel, build_model
@@ -151,6 +152,8 @@ class Trainer:
         self.split = split_indices(len(self.dataset), config.split, self.base_dir)
         validate_samples(self.model, self.dataset, [i for part in self.split.values() for i in part], list(self.targets))
         self.graph_cache = self._choose_graph_cache()
+        if config.compile:
+            compile_model(self.model, training=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optimizer.lr,
                                            weight_decay=config.optimizer.weight_decay)
         self.scheduler = None

@@ -69,7 +69,7 @@ class ETGNN(Backbone):
         self.triplet_output = bool(triplet)
 
     def forward(self, graph: Graph) -> InvariantFeatures:
-        if graph.numbers.numel() and int(graph.numbers.max()) > self.max_z:
+        if graph.numbers.numel() and not torch.compiler.is_compiling() and int(graph.numbers.max()) > self.max_z:
             raise ValueError(
                 f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = {self.max_z}, "
                 f"the largest element this backbone embeds; raise max_z in its config"

@@ -126,7 +126,7 @@ class SchNet(Backbone):
             _reset_linear(layer)
 
     def forward(self, graph: Graph) -> InvariantFeatures:
-        if graph.num_nodes and int(graph.numbers.max()) > self.max_z:
+        if graph.num_nodes and not torch.compiler.is_compiling() and int(graph.numbers.max()) > self.max_z:
             raise ValueError(f"numbers: atomic number {int(graph.numbers.max())} exceeds backbone.max_z = "
                              f"{self.max_z}, the largest element this backbone embeds; raise max_z in its config")
         idx_i, idx_j = graph.idx_i, graph.idx_j
