@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_backbones, bench_completeness, bench_core, bench_md, bench_scaling
+from benchmarks import bench_backbones, bench_completeness, bench_core, bench_kernels, bench_md, bench_scaling
 from benchmarks.suite_report import load_speed, merge, section
 from benchmarks.toolkit import DOCS, RESULTS, interleaved_rounds, quick_defaults
 
@@ -58,6 +58,7 @@ RENDERERS = {
     "suite": ("suite.json", _suite),
     "completeness": ("completeness.json", lambda: bench_completeness.render(_load("completeness.json"))),
     "md": ("md.json", lambda: bench_md.render(_load("md.json"))),
+    "kernels": ("kernels.json", lambda: bench_kernels.render(_load("kernels.json"))),
 }
 SECTIONS = re.findall(r"^<!-- (\w+):start -->$", DOCS.read_text(), flags=re.MULTILINE)
 
