@@ -215,14 +215,14 @@ class TripletBasis:
         num_orders, num_radial = self.radial.shape[1], self.radial.shape[2]
         return torch.einsum("sln,lnf->slf", self.radial, matrix.reshape(num_orders, num_radial, -1))
 
-    def project(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``basis @ W_1 @ W_2 ...``: (T, F), through BLAS on the dense basis on every path (a
-        (T, F) result read back from edges would move L x F values per triplet, the dense
-        basis L x N)."""
+    def project(self, weights: Sequence[torch.Tensor], add: torch.Tensor | None = None) -> torch.Tensor:
+        """``basis @ W_1 @ W_2 ... (+ add)``: (T, F), through BLAS on the dense basis on every
+        path (a (T, F) result read back from edges would move L x F values per triplet, the
+        dense basis L x N); ``add`` is fused into the last product."""
         result = self.dense()
-        for weight in weights:
+        for weight in weights[:-1]:
             result = result @ weight
-        return result
+        return result @ weights[-1] if add is None else torch.addmm(add, result, weights[-1])
 
     def aggregate(self, x: torch.Tensor, weights: Sequence[torch.Tensor], ji: torch.Tensor, num_out: int) -> torch.Tensor:
         """``out[ji[t]] += x[kj[t]] * project(weights)[t]``: (num_out, F); one fused pass with

@@ -138,7 +138,7 @@ class TripletEmbedding(nn.Module):
         as_ji = (self.atom_j(atoms).index_select(0, neighbour) + self.atom_i(atoms).index_select(0, centre)
                  + self.radial(radial.index_select(0, edges)))
         gathered = as_kj.index_select(0, kj) + as_ji.index_select(0, ji)
-        return self.act(gathered + basis.project([self.angular.weight.t()]))
+        return self.act(basis.project([self.angular.weight.t()], add=gathered))
 
 
 class EdgeUpdate(nn.Module):
