@@ -9,8 +9,10 @@ under ``torch.no_grad`` over the test split, batch 16. Training: forward, the lo
 ``sum(mean(prediction^2))`` and backward over 64 training crystals, batch 8 (no optimizer
 step). Configurations: ``paper`` (the plugin's defaults: hidden 128, triplet_dim 64,
 int_emb_size 64, 4 blocks), and the suite's ``etgnn`` and ``etgnn-lean``; heads: born +
-dielectric (they read triplet features), or a force head only (edge features: ETGNN drops its
-triplet chain and the edge update's triplet sum is the fused kernel).
+dielectric (they read triplet features), a force head only, or a conservative energy head
+(forces = -dE/dr; its training differentiates the forces). The last two read edge features:
+ETGNN drops its triplet chain, and in inference the edge update's triplet sum is the fused
+kernel.
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_kernels`` (about 10 minutes, compiling
 included); writes ``benchmarks/results/kernels.json`` and the kernels section of
@@ -48,18 +50,22 @@ from tensorframe.ops.triplet_kernels import native_kernels
 
 CUTOFF, TRIPLET_CUTOFF, MAX_NEIGHBORS = 6.0, 4.0, 32
 CONFIGS = {"paper": {"name": "etgnn"}, "etgnn": BACKBONES["etgnn"], "etgnn-lean": BACKBONES["etgnn-lean"]}
-TENSOR_HEADS = TASKS["becs-eps"].heads
-FORCE_HEADS = [{"name": "force"}]
+HEADS = {"tensor": (TASKS["becs-eps"].heads, False), "force": ([{"name": "force"}], False),
+         "conservative": ([{"name": "scalar", "field": "energy"}], True)}
+HEADS_LABEL = {"tensor": "born + dielectric", "force": "force (no triplet chain)",
+               "conservative": "energy, forces = -dE/dr (no triplet chain)"}
 # (configuration, heads, mode) of the compiled-vs-PyTorch kernel rows
-KERNEL_CASES = [("paper", "tensor", "training"), ("paper", "force", "training"), ("paper", "tensor", "inference"),
+KERNEL_CASES = [("paper", "tensor", "training"), ("paper", "force", "training"),
+                ("paper", "conservative", "training"), ("paper", "tensor", "inference"),
                 ("etgnn", "tensor", "inference"), ("etgnn-lean", "tensor", "inference"),
                 ("etgnn-lean", "force", "inference")]
 
 
 def workload(config: str, heads: str, mode: str, samples: Sequence[Any]) -> tuple[torch.nn.Module, Callable[[], Any]]:
     """A seeded model and a call that runs it over ``samples`` in ``mode`` on prebuilt graphs."""
-    model = seeded_model(CUTOFF, TRIPLET_CUTOFF, CONFIGS[config], TENSOR_HEADS if heads == "tensor" else FORCE_HEADS,
-                         max_neighbors=MAX_NEIGHBORS)
+    head_configs, conservative = HEADS[heads]
+    model = seeded_model(CUTOFF, TRIPLET_CUTOFF, CONFIGS[config], head_configs, max_neighbors=MAX_NEIGHBORS,
+                         conservative=conservative)
     batch = 8 if mode == "training" else 16
     graphs = [model.make_graph(samples[i:i + batch]) for i in range(0, len(samples), batch)]
     if mode == "training":
@@ -109,7 +115,7 @@ def basis_row(test: Sequence[Any], repeats: int) -> dict[str, Any]:
     one pass (now) against one order at a time (before)."""
     from tensorframe_etgnn.basis import spherical_bessel
 
-    model = seeded_model(CUTOFF, TRIPLET_CUTOFF, CONFIGS["paper"], TENSOR_HEADS, max_neighbors=MAX_NEIGHBORS)
+    model = seeded_model(CUTOFF, TRIPLET_CUTOFF, CONFIGS["paper"], HEADS["tensor"][0], max_neighbors=MAX_NEIGHBORS)
     basis = model.backbone.sbf
     graph = model.make_graph(test[:16])
     lengths = graph.edge_len[torch.unique(graph.idx_kj)]
@@ -151,7 +157,7 @@ def render(result: dict[str, Any]) -> str:
              "", "Compiled triplet kernels against the pure-PyTorch ones (same model, same graphs):", ""]
     lines.append(markdown_table(
         ["ETGNN size", "heads", "mode", "compiled kernels (s)", "PyTorch kernels (s)", "speed-up"],
-        [[r["config"], "born + dielectric" if r["heads"] == "tensor" else "force (no triplet chain)", r["mode"],
+        [[r["config"], HEADS_LABEL[r["heads"]], r["mode"],
           fmt(r["compiled_s"]), fmt(r["pytorch_s"]), f"{r['speedup']:.2f}x"] for r in result["kernels"]]))
     b = result["basis"]
     lines += ["", f"Spherical basis, radial part on the {b['edges']} triplet edges of one test batch: every order in "

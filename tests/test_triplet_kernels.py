@@ -194,6 +194,35 @@ def test_etgnn_is_the_same_on_both_paths(dtype, heads, checkpoint, conservative)
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * max(scale, 1e-12), equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_etgnn_inference_with_the_fused_aggregate(dtype):
+    """Inference of a model whose heads read no triplet features runs the fused kernel (the
+    angular filter applied on edges): the same predictions as the pure-PyTorch path."""
+    from tensorframe import build_model
+    from tensorframe.testing.contract import contract_samples
+
+    torch.manual_seed(0)
+    model = build_model({"cutoff": 4.0, "triplet_cutoff": 3.0, "heads": [{"name": "force"}],
+                         "backbone": {"name": "etgnn", "hidden": 16, "triplet_dim": 8, "int_emb_size": 8,
+                                      "out_emb_size": 16, "num_blocks": 2}}).to(dtype).eval()
+    graph = model.make_graph(contract_samples())
+    calls = []
+    original = kernels._FilteredAggregate.apply
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    with torch.no_grad():
+        with native_kernels(False):
+            slow = model(graph)["forces"]
+        with native_kernels(True), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernels._FilteredAggregate, "apply", counted)
+            fast = model(graph)["forces"]
+    assert len(calls) == 2  # one per block
+    torch.testing.assert_close(fast, slow, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * float(slow.abs().max()))
+
+
 def test_native_command_status_and_a_failed_build(tmp_path: Path, monkeypatch, capsys):
     assert main(["native", "status"]) == 0
     assert "loaded from" in capsys.readouterr().out

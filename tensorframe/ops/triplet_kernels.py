@@ -10,10 +10,10 @@ factors. For the sum of filtered messages over the triplets of each edge,
 
     aggregate(x, W, ji, n)[e, f] = sum_{t: ji[t] = e} x[kj[t], f] * (basis @ W)[t, f],
 
-the compiled kernel applies ``W`` to the radial part on edges first
-(``projected[s, l, f] = sum_n radial[s, l, n] W[l * N + n, f]``: S x L x N x F work instead of
-T x L x N x F) and makes one pass over the triplets that keeps no (T, F) tensor, forward or
-backward, and never forms ``basis``. :func:`gather_mul_scatter` fuses the same sum for a
+the compiled kernel (in inference, :attr:`TripletBasis.fused`) applies ``W`` to the radial
+part on edges first (``projected[s, l, f] = sum_n radial[s, l, n] W[l * N + n, f]``: S x L x N
+x F work instead of T x L x N x F) and makes one pass over the triplets that keeps no (T, F)
+tensor and never forms ``basis``. :func:`gather_mul_scatter` fuses the same sum for a
 filter that exists as a tensor. Without the compiled kernels (not built, a CUDA tensor,
 ``TENSORFRAME_NATIVE=0`` or inside ``native_kernels(False)``), the same quantities are computed
 as ``basis @ W`` and a gather-multiply-scatter, with the same results to rounding (tested:
@@ -203,6 +203,14 @@ class TripletBasis:
     def native(self) -> bool:
         return use_native(self.angular, self.radial)
 
+    @property
+    def fused(self) -> bool:
+        """Whether :meth:`aggregate` runs the fused kernel: compiled kernels in use and no autograd
+        graph being recorded. With one, the dense basis and :func:`gather_mul_scatter` are as
+        fast for a first derivative (training) and much faster for a second (conservative
+        forces, whose backward of the fused kernel needs (T, L, F) gathers; measured 0.65x)."""
+        return self.native and not torch.is_grad_enabled()
+
     def dense(self) -> torch.Tensor:
         """The basis itself (T, L * N), made on first use."""
         if self._dense is None:
@@ -225,8 +233,8 @@ class TripletBasis:
         return result @ weights[-1] if add is None else torch.addmm(add, result, weights[-1])
 
     def aggregate(self, x: torch.Tensor, weights: Sequence[torch.Tensor], ji: torch.Tensor, num_out: int) -> torch.Tensor:
-        """``out[ji[t]] += x[kj[t]] * project(weights)[t]``: (num_out, F); one fused pass with
-        the compiled kernels."""
-        if self.native and use_native(x):
+        """``out[ji[t]] += x[kj[t]] * project(weights)[t]``: (num_out, F); one fused pass when
+        :attr:`fused`, else the projected filter and :func:`gather_mul_scatter`."""
+        if self.fused and use_native(x):
             return filtered_aggregate(x, self.angular, self.projected(weights), self.kj, ji, num_out)
-        return _gather_mul_scatter_torch(x, self.kj, self.project(weights), ji, num_out)
+        return gather_mul_scatter(x, self.kj, self.project(weights), ji, num_out)

@@ -78,7 +78,7 @@ class ETGNN(Backbone):
         edges, kj, ji = triplet_edges(graph.idx_kj, graph.idx_ji, graph.edge_len.shape[0])
         # The radial part of the triplet basis only on the edges inside triplets (kj indexes them).
         sbf = self.sbf.factors(graph.edge_len.index_select(0, edges), graph.triplet_cos, kj, graph.triplet_envelope)
-        if self.triplet_output or not sbf.native:
+        if self.triplet_output or not sbf.fused:
             sbf.dense()  # formed once here, outside any recomputed (checkpointed) block
         messages, atoms, radial = self.edge_embedding(graph.numbers, rbf, graph.idx_i, graph.idx_j)
         triplets = None
