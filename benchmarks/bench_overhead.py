@@ -155,15 +155,16 @@ def baseline_graph_fns(ref: str) -> types.SimpleNamespace:
 
 @contextmanager
 def patched_build_graph(fn: Callable) -> Any:
-    """``TensorModel.make_graph`` (via ``tensorframe.model.build_graph``) uses ``fn`` inside."""
-    import tensorframe.model as model_module
+    """``TensorModel.make_graph`` (via ``tensorframe.graph.cache.build_graph``, which its
+    :class:`GraphRecipe` calls) uses ``fn`` inside."""
+    import tensorframe.graph.cache as cache_module
 
-    saved = model_module.build_graph
-    model_module.build_graph = fn
+    saved = cache_module.build_graph
+    cache_module.build_graph = fn
     try:
         yield
     finally:
-        model_module.build_graph = saved
+        cache_module.build_graph = saved
 
 
 def assert_same_graph(a: Graph, b: Graph) -> None:

@@ -24,8 +24,7 @@ from tensorframe.config import (
 )
 from tensorframe.conservative import check_conservative_heads, energy_derivatives
 from tensorframe.fields import DERIVED_FIELDS, FieldSpec, builtin_field
-from tensorframe.graph.cache import GraphCache
-from tensorframe.graph.collate import build_graph
+from tensorframe.graph.cache import GraphCache, GraphRecipe
 from tensorframe.heads.base import Head
 from tensorframe.io.convert import to_sample
 from tensorframe.io.validation import MAX_ATOMIC_NUMBER, MIN_DISTANCE, InputError, check_structure
@@ -130,6 +129,13 @@ class TensorModel(nn.Module):
     def _reference(self) -> torch.Tensor:
         return next(self.parameters())
 
+    def graph_recipe(self) -> GraphRecipe:
+        """This model's graph settings, dtype and activation bytes (for the memory budget), as
+        plain data that builds graphs without the model (e.g. in data-loader workers)."""
+        settings = self.graph_settings
+        return GraphRecipe(settings.cutoff, settings.triplet_cutoff, settings.max_neighbors, self._reference().dtype,
+                           settings.neighbor_shell_tolerance, self.activation_bytes())
+
     def make_graph(self, samples: Sequence[Sample], device: torch.device | str | None = None,
                    names: Sequence[str] | None = None, cache: GraphCache | None = None,
                    keys: Sequence[int] | None = None) -> Graph:
@@ -137,15 +143,8 @@ class TensorModel(nn.Module):
         (one per sample, e.g. ``"data.xyz: structure 3"``) label errors. With a ``cache`` and
         ``keys`` (one per sample, e.g. dataset indices), topologies come from the cache (filled
         on first use; emptied first if it holds other graph settings): the same graph."""
-        reference = self._reference()
-        settings = self.graph_settings
-        options = dict(dtype=reference.dtype, device=device if device is not None else reference.device,
-                       shell_tolerance=settings.neighbor_shell_tolerance, names=names,
-                       activation_bytes=self.activation_bytes())
-        if cache is not None and keys is not None:
-            return cache.graph(samples, keys, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors,
-                               **options)
-        return build_graph(samples, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors, **options)
+        device = device if device is not None else self._reference().device
+        return self.graph_recipe().build(samples, device, names, cache, keys)
 
     ALIVE_ACTIVATIONS = 4
     """Feature-sized tensors per edge (triplet) assumed alive at once in a forward pass."""

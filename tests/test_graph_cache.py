@@ -166,7 +166,7 @@ def test_training_is_bit_identical_with_and_without_the_cache(tmp_path: Path):
 
 def test_graph_cache_option_parses_and_may_change_on_resume(tmp_path: Path):
     assert "graph_cache" in RESUMABLE_CHANGES
-    for value in (True, False, "auto"):
+    for value in (True, False, "auto", "memory", "disk"):
         assert parse_train_config(_train_config(tmp_path, value, "x")).graph_cache == value
     with pytest.raises(ValueError, match="graph_cache"):
         parse_train_config(_train_config(tmp_path, "sometimes", "x"))
@@ -176,33 +176,52 @@ class Killed(Exception):
     """Stands in for SIGKILL mid-epoch."""
 
 
-def test_a_resumed_cached_run_refills_its_cache_and_matches_an_uncached_run(tmp_path: Path):
-    _, reference = _trained(tmp_path, False, "built")
-    config = dict(_train_config(tmp_path, True, "killed"), checkpoint_every_steps=2)
+def killed_and_resumed(config: dict, folder: Path) -> Trainer:
+    """A run of ``config`` killed at step 5 (epoch 2, after the step-4 checkpoint; needs
+    ``checkpoint_every_steps: 2``), then resumed to the end."""
 
     def kill_at_step_5(trainer: Trainer, step: int) -> None:
-        if step == 5:  # epoch 2, after the step-4 checkpoint
+        if step == 5:
             raise Killed
 
     with pytest.raises(Killed):
-        Trainer(parse_train_config(config), tmp_path, on_step=kill_at_step_5).run()
-    resumed = Trainer(parse_train_config(config), tmp_path, resume=True)
+        Trainer(parse_train_config(config), folder, on_step=kill_at_step_5).run()
+    resumed = Trainer(parse_train_config(config), folder, resume=True)
     resumed.run()
+    return resumed
+
+
+def test_a_resumed_cached_run_refills_its_cache_and_matches_an_uncached_run(tmp_path: Path):
+    _, reference = _trained(tmp_path, False, "built")
+    resumed = killed_and_resumed(dict(_train_config(tmp_path, True, "killed"), checkpoint_every_steps=2), tmp_path)
     # refilled lazily: the 4 structures of epoch 2's last two steps and the 2 validation ones
     assert resumed.graph_cache is not None and len(resumed.graph_cache) == 6
     weights = resumed.model.state_dict()
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
 
-def test_auto_turns_the_cache_off_with_one_line_over_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture[str]):
+def test_auto_moves_the_cache_to_disk_over_the_memory_budget_and_off_without_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     config = dict(_train_config(tmp_path, "auto", "on"), epochs=1)
     on = Trainer(parse_train_config(config), tmp_path)
     on.run()
-    assert on.graph_cache is not None and "graph_cache" not in capsys.readouterr().out
+    assert on.graph_cache is not None and on.graph_cache.store is None
+    assert "graph_cache" not in capsys.readouterr().out
     monkeypatch.setattr(trainer_module, "DEFAULT_CACHE_BUDGET_GB", 1e-6)
+    disk = Trainer(parse_train_config(dict(config, output_dir="disk")), tmp_path)
+    disk.run()
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("graph_cache")]
+    assert disk.graph_cache is not None and disk.graph_cache.store is not None
+    assert disk.graph_cache.store.folder.parent == tmp_path / "disk" / "graph_cache"
+    assert len(notes) == 2 and "on disk" in notes[0] and "exceeds 1e-06 GiB of memory" in notes[0]
+    assert notes[1].startswith("graph_cache: 8 structures' neighbour lists and triplets ready in")
+
+    class Full:
+        free = 10
+
+    monkeypatch.setattr(trainer_module.shutil, "disk_usage", lambda path: Full())
     off = Trainer(parse_train_config(dict(config, output_dir="off")), tmp_path)
     off.run()
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("graph_cache")]
     assert off.graph_cache is None
-    assert len(notes) == 1 and "exceeds 1e-06 GiB" in notes[0] and "graph_cache: true" in notes[0]
+    assert len(notes) == 1 and "exceeds the free space" in notes[0] and "graph_cache: disk" in notes[0]

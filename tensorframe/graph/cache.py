@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from tensorframe.graph.collate import assemble_graph, edge_geometry
+from tensorframe.graph.collate import assemble_graph, build_graph, edge_geometry
 from tensorframe.graph.limits import (
     check_estimated_edges,
     check_graph_size,
@@ -31,6 +32,7 @@ from tensorframe.graph.limits import (
     graph_memory_budget_gb,
 )
 from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE, neighbor_list
+from tensorframe.graph.store import CHUNK_STRUCTURES, CacheKey, Topology, TopologyStore, open_or_build_store
 from tensorframe.graph.triplets import build_triplets
 from tensorframe.types import Graph, Sample
 
@@ -42,40 +44,6 @@ DEFAULT_CACHE_BUDGET_GB = 4.0
 """GiB: ``graph_cache: auto`` stays off when the estimated cache of a run's split structures
 (train, valid and test) exceeds this: a fixed amount of host memory, independent of the
 per-batch graph budget of :mod:`tensorframe.graph.limits`."""
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """Everything a structure's topology depends on besides the structure itself."""
-
-    cutoff: float
-    triplet_cutoff: float
-    max_neighbors: int | None
-    shell_tolerance: float
-    dtype: torch.dtype  # the triplet mask is ``edge_len < triplet_cutoff`` in this dtype
-
-
-@dataclass(frozen=True)
-class Topology:
-    """One structure's edges and triplets (indices local to the structure).
-
-    Shapes: idx_i, idx_j (E,) int64; cell_shift (E, 3) int64; in_triplets (E,) bool;
-    idx_kj, idx_ji (T,) int64 (edge indices); candidates: the triplet count of
-    :func:`count_triplets` used by the memory budget.
-    """
-
-    idx_i: np.ndarray
-    idx_j: np.ndarray
-    cell_shift: np.ndarray
-    in_triplets: np.ndarray
-    idx_kj: np.ndarray
-    idx_ji: np.ndarray
-    candidates: int
-
-    @property
-    def nbytes(self) -> int:
-        arrays = (self.idx_i, self.idx_j, self.cell_shift, self.in_triplets, self.idx_kj, self.idx_ji)
-        return sum(a.nbytes for a in arrays)
 
 
 def structure_topologies(samples: Sequence[Sample], key: CacheKey, wheres: Sequence[str], budget_gb: float,
@@ -147,25 +115,72 @@ def estimated_cache_bytes(samples: Sequence[Sample], cutoff: float, triplet_cuto
 
 
 class GraphCache:
-    """Topologies of structures keyed by their dataset index, filled on first use.
+    """Topologies of structures keyed by their dataset index: in memory (filled on first use),
+    or, with a ``directory``, in a :class:`~tensorframe.graph.store.TopologyStore` on disk
+    built by :meth:`prepare` (keys it does not hold are built per batch and kept in memory).
 
-    Not shared between processes: each DDP process fills it with the structures it sees.
+    Pickles with its contents (a store as its folder), so data-loader workers started after
+    :meth:`prepare` read the same topologies; what a worker adds stays in that worker.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
         self.key: CacheKey | None = None
         self.topologies: dict[int, Topology] = {}
+        self.store: TopologyStore | None = None
 
     def __len__(self) -> int:
-        return len(self.topologies)
+        return len(self.topologies) + (len(self.store) if self.store is not None else 0)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the cached arrays."""
-        return sum(t.nbytes for t in self.topologies.values())
+        """Bytes held by the cached arrays (in memory and on disk)."""
+        held = sum(t.nbytes for t in self.topologies.values())
+        return held + (self.store.nbytes if self.store is not None else 0)
 
     def clear(self) -> None:
-        self.key, self.topologies = None, {}
+        self.key, self.topologies, self.store = None, {}, None
+
+    def _use_key(self, key: CacheKey) -> None:
+        if key != self.key:
+            self.clear()
+            self.key = key
+
+    def _lookup(self, key: int) -> Topology | None:
+        if self.store is not None and key in self.store:
+            return self.store[key]
+        return self.topologies.get(key)
+
+    def prepare(self, samples: Sequence[Sample], keys: Sequence[int], recipe: GraphRecipe,
+                names: Sequence[str] | None = None, memory_budget_gb: float | None = None) -> None:
+        """Have the topologies of ``samples`` (one distinct key each) for the graphs of
+        ``recipe`` before the first batch: on disk, the store of exactly these structures is
+        opened, or built and written (once per fingerprint, see :mod:`tensorframe.graph.store`);
+        in memory, the missing ones are built in chunks. ``names`` and ``memory_budget_gb`` as
+        in :meth:`graph`.
+
+        Raises:
+            ValueError, GraphTooLarge: as :func:`build_graph`, naming the structure.
+            OSError: the cache directory cannot be written.
+        """
+        triplet_cutoff = _checked_triplet_cutoff(recipe.cutoff, recipe.triplet_cutoff)
+        key = CacheKey(float(recipe.cutoff), float(triplet_cutoff), recipe.max_neighbors,
+                       float(recipe.shell_tolerance), recipe.dtype)
+        self._use_key(key)
+        budget = graph_memory_budget_gb() if memory_budget_gb is None else memory_budget_gb
+
+        def build(chunk: Sequence[Sample], positions: Sequence[int]) -> list[Topology]:
+            wheres = [names[p] if names is not None else f"structure {keys[p]}" for p in positions]
+            return structure_topologies(chunk, key, wheres, budget, recipe.activation_bytes)
+
+        if self.directory is not None:
+            self.store = open_or_build_store(self.directory, key, samples, list(keys), build)
+            return
+        missing = [p for p, k in enumerate(keys) if self._lookup(k) is None]
+        for start in range(0, len(missing), CHUNK_STRUCTURES):
+            positions = missing[start : start + CHUNK_STRUCTURES]
+            built = build([samples[p] for p in positions], positions)
+            self.topologies.update((keys[p], topology) for p, topology in zip(positions, built, strict=True))
 
     def graph(
         self,
@@ -192,25 +207,64 @@ class GraphCache:
             raise ValueError("samples: expected at least one structure, got none")
         if len(keys) != len(samples):
             raise ValueError(f"keys: expected one per sample ({len(samples)}), got {len(keys)}")
-        triplet_cutoff = cutoff if triplet_cutoff is None else triplet_cutoff
-        if not 0 < triplet_cutoff <= cutoff:
-            raise ValueError(f"triplet_cutoff: expected 0 < triplet_cutoff <= cutoff = {cutoff}, got {triplet_cutoff}")
-        key = CacheKey(float(cutoff), float(triplet_cutoff), max_neighbors, float(shell_tolerance), dtype)
-        if key != self.key:
-            self.clear()
-            self.key = key
+        triplet_cutoff = _checked_triplet_cutoff(cutoff, triplet_cutoff)
+        self._use_key(CacheKey(float(cutoff), float(triplet_cutoff), max_neighbors, float(shell_tolerance), dtype))
+        key = self.key
         budget = graph_memory_budget_gb() if memory_budget_gb is None else memory_budget_gb
-        missing = list(dict.fromkeys(k for k in keys if k not in self.topologies))
+        missing = list(dict.fromkeys(k for k in keys if self._lookup(k) is None))
         if missing:
             first = {k: index for index, k in reversed(list(enumerate(keys)))}
             wheres = [names[first[k]] if names is not None else f"structure {first[k]}" for k in missing]
             built = structure_topologies([samples[first[k]] for k in missing], key, wheres, budget, activation_bytes)
             self.topologies.update(zip(missing, built, strict=True))
-        parts = [self.topologies[k] for k in keys]
+        parts = [self._lookup(k) for k in keys]
         num_atoms = sum(s.num_atoms for s in samples)
         check_graph_size(sum(t.idx_i.shape[0] for t in parts), sum(t.candidates for t in parts), num_atoms,
                          len(samples), budget, f"batch of {len(samples)} structures", activation_bytes)
         return _joined_graph(samples, parts, key, device)
+
+
+@dataclass(frozen=True)
+class GraphRecipe:
+    """How a model builds its graphs: the settings of :func:`build_graph` without the
+    structures. Plain data, so it travels to data-loader worker processes (a model does not
+    need to); :meth:`TensorModel.graph_recipe <tensorframe.model.TensorModel.graph_recipe>`
+    gives a model's.
+    """
+
+    cutoff: float
+    triplet_cutoff: float
+    max_neighbors: int | None = None
+    dtype: torch.dtype = torch.float32
+    shell_tolerance: float = DEFAULT_SHELL_TOLERANCE
+    activation_bytes: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def options(self) -> dict:
+        """Keyword arguments of :func:`build_graph` and :meth:`GraphCache.graph`, devices aside."""
+        return {"cutoff": self.cutoff, "triplet_cutoff": self.triplet_cutoff, "max_neighbors": self.max_neighbors,
+                "dtype": self.dtype, "shell_tolerance": self.shell_tolerance,
+                "activation_bytes": self.activation_bytes}
+
+    def build(self, samples: Sequence[Sample], device: torch.device | str | None = None,
+              names: Sequence[str] | None = None, cache: GraphCache | None = None,
+              keys: Sequence[int] | None = None) -> Graph:
+        """The batch's :class:`Graph`; with a ``cache`` and ``keys`` (one per sample) its topologies
+        come from the cache: the same graph.
+
+        Raises:
+            ValueError, GraphTooLarge: as :func:`build_graph`.
+        """
+        if cache is not None and keys is not None:
+            return cache.graph(samples, keys, device=device, names=names, **self.options)
+        return build_graph(samples, device=device, names=names, **self.options)
+
+
+def _checked_triplet_cutoff(cutoff: float, triplet_cutoff: float | None) -> float:
+    triplet_cutoff = cutoff if triplet_cutoff is None else triplet_cutoff
+    if not 0 < triplet_cutoff <= cutoff:
+        raise ValueError(f"triplet_cutoff: expected 0 < triplet_cutoff <= cutoff = {cutoff}, got {triplet_cutoff}")
+    return triplet_cutoff
 
 
 def _joined_graph(samples: Sequence[Sample], parts: Sequence[Topology], key: CacheKey,
@@ -243,6 +297,7 @@ __all__ = [
     "DEFAULT_CACHE_BUDGET_GB",
     "CacheKey",
     "GraphCache",
+    "GraphRecipe",
     "Topology",
     "estimated_cache_bytes",
     "structure_topologies",

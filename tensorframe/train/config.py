@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -157,10 +158,23 @@ class TrainConfig(_Strict):
         description="torch.compile the backbone and heads (dynamic shapes): minutes of compiling before the "
         "first step, then faster steps (docs/benchmarks.md); not for conservative models",
     )
-    graph_cache: bool | Literal["auto"] = Field(
+    graph_cache: bool | Literal["auto", "memory", "disk"] = Field(
         "auto",
-        description="keep each structure's neighbour list and triplets in memory after its first batch; auto: "
-        "on unless the estimated cache of the split structures exceeds 4 GiB; false: rebuild every batch",
+        description="build each structure's neighbour list and triplets once: memory (true): kept in memory after "
+        "its first batch; disk: written before the first step to graph_cache_dir and memory-mapped (sets that do not "
+        "fit in memory; shared by data-loader workers and reused by later runs on the same structures and graph "
+        "settings); auto: memory unless the estimated cache of the split structures exceeds 4 GiB, then disk; "
+        "false: rebuild every batch",
+    )
+    graph_cache_dir: str | None = Field(
+        None,
+        description="folder of the disk graph cache (relative to the config file); default: <output_dir>/graph_cache. "
+        "One subfolder per set of structures and graph settings, so runs may share it",
+    )
+    num_workers: NonNegativeInt | Literal["auto"] = Field(
+        "auto",
+        description="data-loader worker processes that build the next batches' graphs while the model steps; "
+        "0: in the training process; auto: 0 on the CPU, on CUDA one per spare CPU core (at most 4)",
     )
 
     @property
@@ -172,7 +186,7 @@ class TrainConfig(_Strict):
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "max_time_s", "device", "progress", "progress_interval_s", "parity_plots", "tensorboard",
      "checkpoint_every_steps", "output_dir", "early_stopping", "eval_batch_size", "amp", "graph_cache",
-     "compile"}
+     "graph_cache_dir", "num_workers", "compile"}
 )
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,6 @@ from tensorframe.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_pat
 from tensorframe.train.data import (
     Dataset,
     check_targets_predicted,
-    collate_targets,
     fit_normalization,
     load_dataset,
     reference_energies,
@@ -63,9 +63,11 @@ from tensorframe.train.distributed import (
     wrap_model,
 )
 from tensorframe.train.ema import WeightAverage
+from tensorframe.train.loader import BatchBuilder, BatchLoader, resolved_workers
 from tensorframe.train.loss import batch_loss, summarize
 from tensorframe.train.run_log import CsvLog, EpochProgress, TensorBoardLog
 from tensorframe.train.state import capture_rng_states, restore_rng_states, seed_everything
+from tensorframe.types import Graph
 
 StepCallback = Callable[["Trainer", int], None]
 
@@ -151,7 +153,11 @@ class Trainer:
         self.dataset: Dataset = load_dataset(config.data, self.base_dir)
         self.split = split_indices(len(self.dataset), config.split, self.base_dir)
         validate_samples(self.model, self.dataset, [i for part in self.split.values() for i in part], list(self.targets))
+        self.workers = resolved_workers(config.num_workers, self.context.device)
         self.graph_cache = self._choose_graph_cache()
+        builder = BatchBuilder(self.dataset.samples, self.model.graph_recipe(), self.fields, tuple(self.targets),
+                               self.dtype, self.graph_cache)
+        self.batch_loader = BatchLoader(builder, self.context.device, self.workers)
         if config.compile:
             compile_model(self.model, training=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optimizer.lr,
@@ -183,23 +189,55 @@ class Trainer:
         self.network = wrap_model(TargetHeads(self.model, list(self.targets)), self.context)
 
     def _choose_graph_cache(self) -> GraphCache | None:
-        """A :class:`GraphCache` for ``graph_cache: true``; for ``auto`` one unless the estimated
-        cache of the split structures exceeds :data:`DEFAULT_CACHE_BUDGET_GB`
-        (then a one-line note); None for ``false``. Filled lazily, so a resumed run refills it."""
+        """The graph cache of ``graph_cache``: in memory (``true`` / ``memory``), on disk, or
+        None (``false``); ``auto`` is memory unless the estimated cache of the split structures
+        exceeds :data:`DEFAULT_CACHE_BUDGET_GB`, then disk (a one-line note), and nothing when
+        the disk lacks the room (another note). A disk cache, and a memory cache read by
+        data-loader workers, hold every split structure before the first step (``prepare``);
+        a memory cache without workers fills on first use, so a resumed run refills it."""
         choice = self.config.graph_cache
         if choice is False:
             return None
+        settings = self.model.graph_settings
+        seen = [i for part in self.split.values() for i in part]
+        where = "memory" if choice in (True, "memory") else "disk"
+        estimate = None
         if choice == "auto":
-            settings = self.model.graph_settings
-            seen = [self.dataset.samples[i] for part in self.split.values() for i in part]
-            estimate = estimated_cache_bytes(seen, settings.cutoff, settings.triplet_cutoff, settings.max_neighbors)
-            if estimate > DEFAULT_CACHE_BUDGET_GB * 2**30:
-                if self.context.is_main:
-                    print(f"graph_cache: auto: off, the estimated cache of the dataset's structures "
-                          f"(~{estimate / 2**30:.1f} GiB) exceeds {DEFAULT_CACHE_BUDGET_GB:g} GiB; graphs are rebuilt "
-                          f"every batch (set graph_cache: true to cache anyway)")
-                return None
-        return GraphCache()
+            estimate = estimated_cache_bytes([self.dataset.samples[i] for i in seen], settings.cutoff,
+                                             settings.triplet_cutoff, settings.max_neighbors)
+            where = "memory" if estimate <= DEFAULT_CACHE_BUDGET_GB * 2**30 else "disk"
+        directory = None
+        if where == "disk":
+            directory = self.graph_cache_dir
+            if estimate is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+                free = shutil.disk_usage(directory).free
+                if estimate > free:
+                    self._note(f"graph_cache: auto: off, the estimated cache (~{estimate / 2**30:.1f} GiB) exceeds "
+                               f"the free space under {directory} ({free / 2**30:.1f} GiB); graphs are rebuilt "
+                               f"every batch (set graph_cache_dir elsewhere, or graph_cache: disk to try anyway)")
+                    return None
+                self._note(f"graph_cache: auto: on disk, the estimated cache of the dataset's structures "
+                           f"(~{estimate / 2**30:.1f} GiB) exceeds {DEFAULT_CACHE_BUDGET_GB:g} GiB of memory: "
+                           f"{directory}")
+        cache = GraphCache(directory)
+        if directory is not None or self.workers > 0:
+            started = time.monotonic()
+            names = [self.dataset.origins[i] for i in seen]
+            cache.prepare([self.dataset.samples[i] for i in seen], seen, self.model.graph_recipe(), names)
+            self._note(f"graph_cache: {len(cache)} structures' neighbour lists and triplets ready in "
+                       f"{time.monotonic() - started:.1f} s ({where}, {cache.nbytes / 2**20:.1f} MiB)")
+        return cache
+
+    @property
+    def graph_cache_dir(self) -> Path:
+        if self.config.graph_cache_dir is not None:
+            return resolve_path(self.base_dir, self.config.graph_cache_dir)
+        return self.output_dir / "graph_cache"
+
+    def _note(self, line: str) -> None:
+        if self.context.is_main:
+            print(line, flush=True)
 
     def _load_last(self, path: Path) -> None:
         if not path.exists():
@@ -264,11 +302,10 @@ class Trainer:
             save_checkpoint(self.output_dir / "last.pt", self.model, training_state=self._training_state())
 
     # -------------------------------------------------------------- batches
-    def _batch(self, indices: list[int]):
-        samples = [self.dataset.samples[i] for i in indices]
-        graph = self.model.make_graph(samples, self.context.device, cache=self.graph_cache, keys=indices)
-        labels = collate_targets(samples, self.fields, self.targets, self.dtype, self.context.device)
-        return graph, labels
+    def _batches(self, batches: list[list[int]]):
+        """(graph, labels) of each batch of dataset indices, in order (built by the data-loader
+        workers when there are any)."""
+        return self.batch_loader(batches)
 
     def _autocast(self):
         if self.config.amp and self.context.device.type == "cuda":
@@ -282,8 +319,7 @@ class Trainer:
         stats = torch.zeros((len(self.targets), 5), dtype=torch.float64, device=self.context.device)
         mine = shard(indices, self.context)
         size = self.config.effective_eval_batch_size
-        for start in range(0, len(mine), size):
-            graph, labels = self._batch(mine[start : start + size])
+        for graph, labels in self._batches([mine[start : start + size] for start in range(0, len(mine), size)]):
             with self._autocast():
                 predictions = self.network.module(graph) if self.context.enabled else self.network(graph)
             _, batch_stats = batch_loss(predictions, labels, self.fields, self.targets, self.scales,
@@ -291,10 +327,9 @@ class Trainer:
             stats += batch_stats.double()
         return summarize(all_reduce_sum(stats, self.context), self.targets)
 
-    def _train_step(self, indices: list[int]) -> float:
+    def _train_step(self, graph: Graph, labels: dict[str, torch.Tensor], indices: list[int]) -> float:
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
-        graph, labels = self._batch(indices)
         with self._autocast():
             predictions = self.network(graph)
         loss, _ = batch_loss(predictions, labels, self.fields, self.targets, self.scales,
@@ -350,20 +385,22 @@ class Trainer:
                 shown = EpochProgress(config.progress and main, p.epoch + 1, config.epochs, p.step, len(batches),
                                       config.progress_interval_s)
                 out_of_time = False
-                for step in range(p.step, len(batches)):
-                    p.train_loss_sum += self._train_step([train[k] for k in batches[step]])
-                    p.train_batches += 1
-                    shown.update(step + 1, p.train_loss_sum / p.train_batches)
-                    p.step, p.global_step = step + 1, p.global_step + 1
-                    every = config.checkpoint_every_steps
-                    if every and p.global_step % every == 0 and p.step < len(batches):
-                        self._save_last()
-                    if self.on_step is not None:
-                        self.on_step(self, p.global_step)
-                    limit = config.max_time_s
-                    out_of_time = any_process(limit is not None and time.monotonic() - started > limit, self.context)
-                    if out_of_time:
-                        break
+                chosen = [[train[k] for k in batch] for batch in batches]
+                with closing(self._batches(chosen[p.step :])) as loaded:  # ends the pass on a break
+                    for step, (graph, labels) in enumerate(loaded, start=p.step):
+                        p.train_loss_sum += self._train_step(graph, labels, chosen[step])
+                        p.train_batches += 1
+                        shown.update(step + 1, p.train_loss_sum / p.train_batches)
+                        p.step, p.global_step = step + 1, p.global_step + 1
+                        every = config.checkpoint_every_steps
+                        if every and p.global_step % every == 0 and p.step < len(batches):
+                            self._save_last()
+                        if self.on_step is not None:
+                            self.on_step(self, p.global_step)
+                        limit = config.max_time_s
+                        out_of_time = any_process(limit is not None and time.monotonic() - started > limit, self.context)
+                        if out_of_time:
+                            break
                 shown.close()
                 if p.step < len(batches):  # out of time mid-epoch: keep the position for --resume
                     self._save_last()
@@ -377,6 +414,7 @@ class Trainer:
                 stopped = "early_stopping"
             metrics, parity_dir = self._final_metrics(stopped, time.monotonic() - started)
         finally:
+            self.batch_loader.close()
             if tensorboard is not None:
                 tensorboard.close()
         return TrainResult(self.output_dir, metrics, stopped, parity_dir)
