@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -89,8 +90,34 @@ class TensorModel(nn.Module):
     def conservative(self) -> bool:
         return bool(self.derived_fields)
 
+    backbone_autocast: torch.dtype | None = None
+    """A lower precision (``torch.bfloat16``) for the backbone's matrix products, under
+    ``torch.autocast`` on the graph's device, or None (the model's dtype throughout). Only the
+    backbone: its invariant features are cast back to the model's dtype before the lifting and
+    the heads, whose products of edge directions and sums stay in full precision. Not saved
+    with the model; set it with :meth:`backbone_precision`."""
+
+    @contextmanager
+    def backbone_precision(self, dtype: torch.dtype | None) -> Iterator[None]:
+        """Run the backbone's matrix products in ``dtype`` (e.g. ``torch.bfloat16``; None: the
+        model's dtype) inside the block (see :attr:`backbone_autocast`)."""
+        saved = self.backbone_autocast
+        self.backbone_autocast = dtype
+        try:
+            yield
+        finally:
+            self.backbone_autocast = saved
+
     def features(self, graph: Graph) -> InvariantFeatures:
-        features = self.backbone(graph)
+        if self.backbone_autocast is None:
+            features = self.backbone(graph)
+        else:
+            with torch.autocast(graph.edge_vec.device.type, dtype=self.backbone_autocast):
+                features = self.backbone(graph)
+            dtype = graph.edge_vec.dtype
+            features = InvariantFeatures(
+                node=features.node.to(dtype), edge=features.edge.to(dtype),
+                triplet=features.triplet.to(dtype) if features.triplet is not None else None)
         if features.triplet is None and self.lifting is not None:
             features = replace(features, triplet=self.lifting(graph, features))
         return features

@@ -145,7 +145,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["float32", "float64"] = "float32"
-    amp: bool = Field(False, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    amp: bool = Field(
+        False,
+        description="training steps run the backbone's matrix products in bfloat16 (torch.autocast, CPU and CUDA); "
+        "heads and validation stay in dtype. Faster where the hardware has bfloat16 matrix units; about 3 "
+        "significant digits in the invariant features (docs/training.md)",
+    )
     output_dir: str = "runs/train"
     checkpoint_every_steps: PositiveInt | None = None
     progress: bool = True

@@ -308,9 +308,9 @@ class Trainer:
         return self.batch_loader(batches)
 
     def _autocast(self):
-        if self.config.amp and self.context.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        """``amp``: the backbone's matrix products in bfloat16 (CPU and CUDA) for training steps;
+        validation and test metrics are computed in the model's dtype, as predictions are."""
+        return self.model.backbone_precision(torch.bfloat16 if self.config.amp else None)
 
     @torch.no_grad()
     def split_metrics(self, indices: list[int]) -> dict[str, float]:
@@ -320,8 +320,7 @@ class Trainer:
         mine = shard(indices, self.context)
         size = self.config.effective_eval_batch_size
         for graph, labels in self._batches([mine[start : start + size] for start in range(0, len(mine), size)]):
-            with self._autocast():
-                predictions = self.network.module(graph) if self.context.enabled else self.network(graph)
+            predictions = self.network.module(graph) if self.context.enabled else self.network(graph)
             _, batch_stats = batch_loss(predictions, labels, self.fields, self.targets, self.scales,
                                         graph.atoms_per_structure, self.config.loss)
             stats += batch_stats.double()
