@@ -42,11 +42,12 @@ VARIANTS = {"baseline": {}, "eager": {}, "amp": {"amp": True}, "compile": {"comp
 TRAIN, VALID, EPOCHS, SEED = 240, 16, 4, 0
 
 
-def run_config(data_path: Path, split_file: Path, output_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+def run_config(data_path: Path, split_file: Path, output_dir: Path, options: dict[str, Any],
+               epochs: int = EPOCHS) -> dict[str, Any]:
     raw = yaml.safe_load(CONFIG.read_text())
     raw["data"]["path"] = str(data_path)
     raw["split"] = {"file": str(split_file)}
-    raw.update(epochs=EPOCHS, output_dir=str(output_dir), progress=False, parity_plots=False,
+    raw.update(epochs=epochs, output_dir=str(output_dir), progress=False, parity_plots=False,
                checkpoint_every_steps=None, early_stopping=None, scheduler=None, **options)
     return raw
 
@@ -79,13 +80,14 @@ def data_path() -> Path:
     return DATASETS_ROOT / "e3nn-crystal-becs-eps" / "phonon_becs_epsilon.xyz"
 
 
-def run(baseline: str, rounds: int, variants: Sequence[str]) -> dict[str, Any]:
+def run(baseline: str, rounds: int, variants: Sequence[str], train: int = TRAIN, epochs: int = EPOCHS
+        ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         order = list(range(1520))
         random.Random(SEED).shuffle(order)
         split_file = work / "split.json"
-        split_file.write_text(json.dumps({"train": sorted(order[:TRAIN]), "valid": sorted(order[TRAIN:TRAIN + VALID]),
+        split_file.write_text(json.dumps({"train": sorted(order[:train]), "valid": sorted(order[train:train + VALID]),
                                           "test": []}))
         old = work / "baseline-tree"
         if "baseline" in variants:
@@ -96,7 +98,8 @@ def run(baseline: str, rounds: int, variants: Sequence[str]) -> dict[str, Any]:
             for round_index in range(rounds):
                 for variant in variants:
                     config_file = work / f"{variant}.json"
-                    config = run_config(data_path(), split_file, work / f"out-{variant}-{round_index}", VARIANTS[variant])
+                    config = run_config(data_path(), split_file, work / f"out-{variant}-{round_index}", VARIANTS[variant],
+                                        epochs)
                     config_file.write_text(json.dumps(config))
                     tree = old if variant == "baseline" else REPO_ROOT
                     env = dict(os.environ, OMP_NUM_THREADS="1",
@@ -106,7 +109,7 @@ def run(baseline: str, rounds: int, variants: Sequence[str]) -> dict[str, Any]:
                     if done.returncode != 0:
                         raise RuntimeError(f"{variant}: the training process failed:\n{done.stderr[-3000:]}")
                     record = json.loads(done.stdout.strip().splitlines()[-1])
-                    record["structures_per_s"] = TRAIN / statistics.median(record["epoch_s"][1:])
+                    record["structures_per_s"] = train / statistics.median(record["epoch_s"][1:])
                     runs[variant].append(record)
                     print(variant, round_index, f"{record['structures_per_s']:.2f} structures/s", flush=True)
         finally:
@@ -116,8 +119,8 @@ def run(baseline: str, rounds: int, variants: Sequence[str]) -> dict[str, Any]:
     reference = summary.get("baseline")
     return {
         "environment": environment(),
-        "settings": {"config": str(CONFIG.relative_to(REPO_ROOT)), "train": TRAIN, "valid": VALID, "epochs": EPOCHS,
-                     "baseline": baseline, "rounds": rounds, "timed_epochs": "2-4, median"},
+        "settings": {"config": str(CONFIG.relative_to(REPO_ROOT)), "train": train, "valid": VALID, "epochs": epochs,
+                     "baseline": baseline, "rounds": rounds, "timed_epochs": f"2-{epochs}, median"},
         "runs": runs,
         "structures_per_s": summary,
         "speedup_vs_baseline": {v: s / reference for v, s in summary.items()} if reference else {},
@@ -129,9 +132,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--baseline", default="222988b", help="git revision of the baseline (issue 13's start)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--train", type=int, default=TRAIN, help="training crystals (the smoke test uses a few)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run; the first is not timed")
     parser.add_argument("--output", default=str(RESULTS / "training.json"))
     args = parser.parse_args(argv)
-    result = run(args.baseline, args.rounds, args.variants)
+    result = run(args.baseline, args.rounds, args.variants, args.train, args.epochs)
     print(json.dumps(result["structures_per_s"]), json.dumps(result["speedup_vs_baseline"]))
     write_json(Path(args.output), result)
     return result
