@@ -92,10 +92,11 @@ class EdgeEmbedding(nn.Module):
         # gathered, never an (E, 3 hidden) concatenation.
         hidden = atoms.shape[-1]
         weight = self.mix.weight
+        # In place: addmm and add keep nothing for their backward, so this is safe under autograd.
         messages = torch.addmm(self.mix.bias, radial, weight[:, 2 * hidden :].t())
-        messages = messages + (atoms @ weight[:, :hidden].t()).index_select(0, idx_i)
-        messages = messages + (atoms @ weight[:, hidden : 2 * hidden].t()).index_select(0, idx_j)
-        return self.act(messages), atoms, radial
+        messages.add_((atoms @ weight[:, :hidden].t()).index_select(0, idx_i))
+        messages.add_((atoms @ weight[:, hidden : 2 * hidden].t()).index_select(0, idx_j))
+        return activate_(self.act, messages), atoms, radial
 
 
 class TripletEmbedding(nn.Module):
@@ -181,7 +182,10 @@ class EdgeUpdate(nn.Module):
         # triplet path runs on ``edges`` only.
         short = messages.index_select(0, edges)
         x_kj = self.act(self.down(self.act(self.lin_kj(short)) * self.radial(rbf.index_select(0, edges))))
-        h = x_ji.index_add(0, edges, self.up(triplet_sum(x_kj)))
+        update = self.up(triplet_sum(x_kj))
+        # x_ji is a temporary: summed into in place in inference (an activation such as tanh keeps
+        # its output for the backward, so not under autograd).
+        h = x_ji.index_add_(0, edges, update) if not torch.is_grad_enabled() else x_ji.index_add(0, edges, update)
         for layer in self.before_skip:
             h = layer(h)
         h = activate_(self.act, self.lin(h)).add_(messages) if not torch.is_grad_enabled() else self.act(self.lin(h)) + messages
