@@ -34,6 +34,7 @@ class _FakeVesin:
 
 def test_pairs_at_exactly_the_cutoff_are_dropped_and_edges_sorted_by_centre_then_distance(monkeypatch) -> None:
     monkeypatch.setattr(neighbors.vesin, "NeighborList", _FakeVesin)
+    monkeypatch.setattr(neighbors, "DENSE_MAX_ATOMS", 0)  # through vesin (the fake), not the dense path
     nl = neighbors.neighbor_list(_molecule([[0, 0, 0], [3, 0, 0], [1, 0, 0]]), cutoff=3.0)
     assert nl.idx_i.tolist() == [0, 1, 2, 2]
     assert nl.idx_j.tolist() == [2, 2, 0, 1]
@@ -45,6 +46,7 @@ def test_pairs_at_exactly_the_cutoff_are_dropped_and_edges_sorted_by_centre_then
 def test_pairs_at_exactly_the_cutoff_do_not_count_towards_max_neighbors(monkeypatch) -> None:
     # Centre 0 sees 1 at the cutoff (dropped) and 2 at 1 Å: K = 1 keeps 2, not the cut pair's shell.
     monkeypatch.setattr(neighbors.vesin, "NeighborList", _FakeVesin)
+    monkeypatch.setattr(neighbors, "DENSE_MAX_ATOMS", 0)  # through vesin (the fake), not the dense path
     nl = neighbors.neighbor_list(_molecule([[0, 0, 0], [3, 0, 0], [1, 0, 0]]), cutoff=3.0, max_neighbors=2)
     assert nl.idx_j[nl.idx_i == 0].tolist() == [2]
     assert nl.idx_j[nl.idx_i == 1].tolist() == [2]

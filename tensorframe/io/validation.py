@@ -135,14 +135,12 @@ def check_structure(sample: Sample, where: str, min_distance: float = MIN_DISTAN
 
 
 def _check_overlap(sample: Sample, where: str, min_distance: float) -> None:
-    import vesin
+    from tensorframe.graph.neighbors import find_pairs
 
     box = sample.cell if sample.pbc.any() else np.zeros((3, 3))
     # vesin's cell list is slow for a tiny cutoff (many cells); search 2 Å and filter.
     search = max(float(min_distance), 2.0)
-    i, j, shift, dist = vesin.NeighborList(cutoff=search, full_list=False).compute(
-        points=sample.positions, box=box, periodic=[bool(p) for p in sample.pbc], quantities="ijSd"
-    )
+    i, j, shift, dist = find_pairs(sample.positions, box, sample.pbc, search, full_list=False)
     close = dist < min_distance
     if close.any():
         k = int(np.argmin(np.where(close, dist, np.inf)))

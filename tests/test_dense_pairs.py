@@ -1,0 +1,96 @@
+"""Small molecules get their pairs from a dense distance matrix instead of vesin (issue 13,
+item 3): the same pairs, distances, neighbour lists, graphs and overlap errors as vesin's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import vesin
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tensorframe.graph import build_graph, neighbors
+from tensorframe.graph.neighbors import DENSE_MAX_ATOMS, find_pairs, neighbor_list
+from tensorframe.io.validation import InputError, check_structure
+from tensorframe.testing.strategies import molecules
+from tensorframe.types import Sample
+
+
+def _vesin_pairs(sample: Sample, cutoff: float, full_list: bool) -> tuple[np.ndarray, ...]:
+    return vesin.NeighborList(cutoff=cutoff, full_list=full_list).compute(
+        points=sample.positions, box=np.zeros((3, 3)), periodic=[False] * 3, quantities="ijSd")
+
+
+def _as_dict(i: np.ndarray, j: np.ndarray, shift: np.ndarray, dist: np.ndarray, full_list: bool) -> dict:
+    """{(i, j): distance}, with each pair of a half list keyed (smaller, larger)."""
+    pairs = {}
+    for a, b, s, d in zip(i.tolist(), j.tolist(), np.asarray(shift).tolist(), dist.tolist(), strict=True):
+        key = (a, b) if full_list else (min(a, b), max(a, b))
+        assert s == [0, 0, 0] and a != b and key not in pairs  # each pair once (twice in a full list)
+        pairs[key] = d
+    return pairs
+
+
+@settings(deadline=None)
+@given(molecules(min_atoms=1, max_atoms=DENSE_MAX_ATOMS, volume_per_atom=(2.0, 12.0)),
+       st.floats(0.5, 7.0), st.booleans())
+def test_dense_pairs_are_vesins_pairs(sample: Sample, cutoff: float, full_list: bool) -> None:
+    dense = _as_dict(*find_pairs(sample.positions, np.zeros((3, 3)), sample.pbc, cutoff, full_list), full_list)
+    reference = _as_dict(*_vesin_pairs(sample, cutoff, full_list), full_list)
+    assert dense.keys() == reference.keys()
+    for pair, distance in dense.items():
+        assert distance == pytest.approx(reference[pair], rel=1e-14, abs=1e-14)
+
+
+@settings(deadline=None)
+@given(molecules(min_atoms=1, max_atoms=DENSE_MAX_ATOMS, volume_per_atom=(2.0, 12.0)),
+       st.floats(1.0, 7.0), st.one_of(st.none(), st.integers(1, 12)))
+def test_neighbor_lists_and_graphs_of_small_molecules_match_the_vesin_path(
+    sample: Sample, cutoff: float, max_neighbors: int | None
+) -> None:
+    dense = neighbor_list(sample, cutoff, max_neighbors)
+    graph = build_graph([sample, sample], cutoff, 0.7 * cutoff, max_neighbors)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(neighbors, "DENSE_MAX_ATOMS", 0)
+        reference = neighbor_list(sample, cutoff, max_neighbors)
+        reference_graph = build_graph([sample, sample], cutoff, 0.7 * cutoff, max_neighbors)
+    assert set(zip(dense.idx_i.tolist(), dense.idx_j.tolist(), strict=True)) == set(
+        zip(reference.idx_i.tolist(), reference.idx_j.tolist(), strict=True))
+    assert dense.idx_i.tolist() == reference.idx_i.tolist()  # canonical order: by centre, then distance
+    np.testing.assert_allclose(dense.length, reference.length, rtol=1e-14, atol=1e-14)
+    assert dense.cell_shift.dtype == dense.idx_i.dtype == np.int64
+    assert graph.num_edges == reference_graph.num_edges and graph.num_triplets == reference_graph.num_triplets
+
+
+def test_larger_and_periodic_structures_still_go_through_vesin(monkeypatch) -> None:
+    calls = []
+    original = vesin.NeighborList
+
+    class Counting(original):  # type: ignore[misc, valid-type]
+        def compute(self, *args, **kwargs):
+            calls.append(kwargs["points"].shape[0])
+            return super().compute(*args, **kwargs)
+
+    monkeypatch.setattr(neighbors.vesin, "NeighborList", Counting)
+    rng = np.random.default_rng(0)
+    small = Sample(np.ones(DENSE_MAX_ATOMS, dtype=np.int64), rng.uniform(0, 8, (DENSE_MAX_ATOMS, 3)),
+                   np.zeros((3, 3)), np.zeros(3, dtype=bool))
+    large = Sample(np.ones(DENSE_MAX_ATOMS + 1, dtype=np.int64), rng.uniform(0, 8, (DENSE_MAX_ATOMS + 1, 3)),
+                   np.zeros((3, 3)), np.zeros(3, dtype=bool))
+    periodic = Sample(np.ones(2, dtype=np.int64), np.array([[0.0, 0, 0], [1.5, 1.5, 1.5]]), 4.0 * np.eye(3),
+                      np.ones(3, dtype=bool))
+    for sample in (small, large, periodic):
+        neighbor_list(sample, 3.0)
+    assert calls == [DENSE_MAX_ATOMS + 1, 2]
+
+
+def test_overlapping_atoms_of_a_small_molecule_are_named_as_on_the_vesin_path(monkeypatch) -> None:
+    sample = Sample(np.ones(4, dtype=np.int64), np.array([[0.0, 0, 0], [3, 0, 0], [1, 0, 0], [3.2, 0, 0]]),
+                    np.zeros((3, 3)), np.zeros(3, dtype=bool))
+    with pytest.raises(InputError) as dense:
+        check_structure(sample, "structure 7", min_distance=0.5)
+    monkeypatch.setattr(neighbors, "DENSE_MAX_ATOMS", 0)
+    with pytest.raises(InputError) as reference:
+        check_structure(sample, "structure 7", min_distance=0.5)
+    assert str(dense.value) == str(reference.value)
+    assert str(dense.value).startswith("structure 7: atoms 1 and 3 overlap, 0.200 Å apart")
