@@ -4,7 +4,8 @@ A batch of 16 five-atom molecules from the embedded default data, the demo's mod
 (reference backbone; energy, force, dipole, polarizability, born and hyperpolarizability
 heads; cutoff 5 Å, triplet cutoff 4 Å), CPU, one thread. Each stage of a prediction is timed
 on its own (median of many calls after warm-up): structure checks (``checked_samples``),
-neighbour lists (vesin per structure), triplets, geometry, the whole ``make_graph``, the
+neighbour lists (per structure: a dense distance matrix for small
+molecules, vesin otherwise), triplets, geometry, the whole ``make_graph``, the
 backbone, each head, the scalings, the output split, the numpy conversion, and the whole
 ``predict``.
 
