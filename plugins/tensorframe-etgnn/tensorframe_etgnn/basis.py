@@ -142,10 +142,14 @@ def spherical_bessel_orders(x: torch.Tensor) -> torch.Tensor:
     half_square = -0.5 * xs * xs
     # Horner's scheme from the last term down: the partial sums stay near 1, where the running
     # terms of the forward sum underflow to subnormal floats (tens of times slower on x86).
+    # Every term's coefficient 1 / (k (2l + 2k + 1)) at once, (K, L, 1) for k = K .. 1: the same
+    # float operations as one k at a time, in 4 tensor operations instead of 4 per term.
     one = torch.ones((), dtype=x.dtype, device=x.device)
+    terms = torch.arange(series_terms(num_orders), 0, -1, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    coefficients = 1.0 / (terms * (2 * orders + 2 * terms + 1))
     total = torch.ones_like(xs)
-    for k in range(series_terms(num_orders), 0, -1):
-        total = torch.addcmul(one, total * half_square, 1.0 / (k * (2 * orders + 2 * k + 1)))
+    for coefficient in coefficients.unbind(0):
+        total = torch.addcmul(one, total * half_square, coefficient)
     power = torch.ones_like(xs)  # xs ** l, row by row
     for order in range(1, num_orders):
         power[order:] *= xs[order:]
