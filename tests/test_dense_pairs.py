@@ -1,18 +1,20 @@
-"""Small molecules get their pairs from a dense distance matrix instead of vesin (issue 13,
-item 3): the same pairs, distances, neighbour lists, graphs and overlap errors as vesin's."""
+"""Small molecules get their pairs from a dense distance matrix instead of vesin, a batch of them
+in one pass (issue 13, item 3): the same pairs, distances, neighbour lists, graphs and overlap
+errors as vesin's, one structure at a time."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import vesin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorframe.graph import build_graph, neighbors
-from tensorframe.graph.neighbors import DENSE_MAX_ATOMS, find_pairs, neighbor_list
+from tensorframe.graph.neighbors import DENSE_MAX_ATOMS, find_pairs, neighbor_list, small_molecule_neighbor_lists
 from tensorframe.io.validation import InputError, check_structure
-from tensorframe.testing.strategies import molecules
+from tensorframe.testing.strategies import crystals, molecules
 from tensorframe.types import Sample
 
 
@@ -94,3 +96,57 @@ def test_overlapping_atoms_of_a_small_molecule_are_named_as_on_the_vesin_path(mo
         check_structure(sample, "structure 7", min_distance=0.5)
     assert str(dense.value) == str(reference.value)
     assert str(dense.value).startswith("structure 7: atoms 1 and 3 overlap, 0.200 Å apart")
+
+
+def _same_lists(a, b) -> None:
+    for field in ("idx_i", "idx_j", "cell_shift", "length"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), field
+
+
+_mixed_batches = st.lists(
+    st.one_of(molecules(min_atoms=1, max_atoms=DENSE_MAX_ATOMS, volume_per_atom=(2.0, 12.0)),
+              molecules(min_atoms=DENSE_MAX_ATOMS + 1, max_atoms=DENSE_MAX_ATOMS + 4),
+              crystals(max_atoms=3)),
+    min_size=1, max_size=6)
+
+
+@settings(deadline=None)
+@given(_mixed_batches, st.floats(1.0, 5.0), st.one_of(st.none(), st.integers(1, 12)))
+def test_batched_small_molecule_lists_equal_one_by_one_lists(samples, cutoff, max_neighbors) -> None:
+    batched = small_molecule_neighbor_lists(samples, cutoff, max_neighbors)
+    small = [k for k, s in enumerate(samples) if not s.pbc.any() and s.num_atoms <= DENSE_MAX_ATOMS]
+    assert sorted(batched) == (small if len(small) > 1 else [])
+    for index, lists in batched.items():
+        _same_lists(lists, neighbor_list(samples[index], cutoff, max_neighbors))
+    # And the whole graph, batched or not (DENSE_MAX_ATOMS = 0: every structure through vesin).
+    graph = build_graph(samples, cutoff, 0.8 * cutoff, max_neighbors, dtype=torch.float64)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(neighbors, "DENSE_MAX_ATOMS", 0)
+        assert small_molecule_neighbor_lists(samples, cutoff, max_neighbors) == {}
+        reference = build_graph(samples, cutoff, 0.8 * cutoff, max_neighbors, dtype=torch.float64)
+    for field in ("idx_i", "idx_j", "cell_shift", "idx_kj", "idx_ji"):
+        assert torch.equal(getattr(graph, field), getattr(reference, field)), field
+    torch.testing.assert_close(graph.edge_vec, reference.edge_vec, rtol=0, atol=0)
+
+
+def test_a_batch_with_overlapping_atoms_names_the_structure() -> None:
+    good = Sample(np.ones(3, dtype=np.int64), np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), np.zeros((3, 3)),
+                  np.zeros(3, dtype=bool))
+    bad = Sample(np.ones(3, dtype=np.int64), np.array([[0.0, 0, 0], [1, 0, 0], [1, 0, 0]]), np.zeros((3, 3)),
+                 np.zeros(3, dtype=bool))
+    assert small_molecule_neighbor_lists([good, bad, good], 3.0) == {}
+    with pytest.raises(ValueError, match=r"^structure 1: positions: atoms 1 and 2 "):
+        build_graph([good, bad, good], 3.0)
+    with pytest.raises(ValueError, match=r"^structure 0: max_neighbors: expected a positive integer"):
+        build_graph([good, good], 3.0, max_neighbors=0)
+
+
+def test_molecules_of_different_sizes_near_the_origin_keep_their_own_pairs() -> None:
+    # Padding of the smaller molecule must never pair with anything (it would sit at the origin).
+    a = Sample(np.ones(2, dtype=np.int64), np.array([[0.1, 0, 0], [1.1, 0, 0]]), np.zeros((3, 3)), np.zeros(3, dtype=bool))
+    b = Sample(np.ones(4, dtype=np.int64), np.array([[0.0, 0.2, 0], [1, 0.2, 0], [0, 1.2, 0], [0, 0.2, 1]]),
+               np.zeros((3, 3)), np.zeros(3, dtype=bool))
+    batched = small_molecule_neighbor_lists([a, b, a], 3.0)
+    for index, sample in enumerate([a, b, a]):
+        _same_lists(batched[index], neighbor_list(sample, 3.0))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tensorframe.graph.limits import check_estimated_edges, check_graph_size, count_triplets, graph_memory_budget_gb
-from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE, neighbor_list
+from tensorframe.graph.neighbors import DEFAULT_SHELL_TOLERANCE, neighbor_list, small_molecule_neighbor_lists
 from tensorframe.graph.triplets import build_triplets
 from tensorframe.ops.radial import cosine_cutoff
 from tensorframe.types import Graph, Sample
@@ -57,11 +57,12 @@ def build_graph(
     budget = graph_memory_budget_gb() if memory_budget_gb is None else memory_budget_gb
     idx_i, idx_j, shifts, edge_batch = [], [], [], []
     offset = num_triplets = 0
+    batched = small_molecule_neighbor_lists(samples, cutoff, max_neighbors, shell_tolerance)
     for index, sample in enumerate(samples):
         where = names[index] if names is not None else f"structure {index}"
         check_estimated_edges(sample, cutoff, budget, where, activation_bytes)
         try:
-            nl = neighbor_list(sample, cutoff, max_neighbors, shell_tolerance)
+            nl = batched[index] if index in batched else neighbor_list(sample, cutoff, max_neighbors, shell_tolerance)
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from error
         triplets = count_triplets(nl.idx_i, nl.idx_j, nl.length < triplet_cutoff, sample.num_atoms)

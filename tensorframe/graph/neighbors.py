@@ -3,6 +3,7 @@ periodic image (a multigraph)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,12 +106,9 @@ def neighbor_list(
         ValueError: for a non-positive cutoff, a cap below 1, a non-positive or non-finite
             shell tolerance, or two atoms (or images) on top of each other.
     """
-    if not cutoff > 0:
-        raise ValueError(f"cutoff: expected a positive number of Å, got {cutoff}")
-    if max_neighbors is not None and not max_neighbors >= 1:
-        raise ValueError(f"max_neighbors: expected a positive integer or None, got {max_neighbors}")
-    if not (shell_tolerance > 0 and np.isfinite(shell_tolerance)):
-        raise ValueError(f"shell_tolerance: expected a positive, finite number of Å, got {shell_tolerance}")
+    problem = _settings_problem(cutoff, max_neighbors, shell_tolerance)
+    if problem:
+        raise ValueError(problem)
     box = sample.cell if sample.pbc.any() else np.zeros((3, 3))
     periodic_vectors = box[sample.pbc]
     if periodic_vectors.shape[0] and np.linalg.matrix_rank(periodic_vectors, tol=1e-8) < periodic_vectors.shape[0]:
@@ -121,6 +119,25 @@ def neighbor_list(
     # (i, j, S, d) with r_j - r_i + S @ box pointing from i to the image of j.
     i, j, shift, dist = find_pairs(sample.positions, box, sample.pbc, cutoff)
     _check_distinct(i, j, shift, dist, cutoff)
+    return _canonical(i, j, shift, dist, cutoff, max_neighbors, shell_tolerance)
+
+
+def _settings_problem(cutoff: float, max_neighbors: int | None, shell_tolerance: float) -> str | None:
+    """What is wrong with these neighbour-list settings, or None."""
+    if not cutoff > 0:
+        return f"cutoff: expected a positive number of Å, got {cutoff}"
+    if max_neighbors is not None and not max_neighbors >= 1:
+        return f"max_neighbors: expected a positive integer or None, got {max_neighbors}"
+    if not (shell_tolerance > 0 and np.isfinite(shell_tolerance)):
+        return f"shell_tolerance: expected a positive, finite number of Å, got {shell_tolerance}"
+    return None
+
+
+def _canonical(i: np.ndarray, j: np.ndarray, shift: np.ndarray, dist: np.ndarray, cutoff: float,
+               max_neighbors: int | None, shell_tolerance: float) -> NeighborList:
+    """The pairs closer than ``cutoff`` in canonical order, capped by whole shells (see
+    :func:`neighbor_list`). Centres of several structures may be given with distinct (offset)
+    indices: each centre's edges are ordered and capped on their own."""
     # Order edges by centre, then distance, then neighbour: a canonical, reproducible order.
     # Sorted first, then cut to "closer than" the cutoff (vesin keeps pairs at exactly the
     # cutoff; ase drops them): one gather per array (the sort is stable, so the order of the
@@ -138,6 +155,54 @@ def neighbor_list(
         keep = dist <= kth + shell_tolerance
         idx_i, idx_j, shift, dist = idx_i[keep], idx_j[keep], shift[keep], dist[keep]
     return NeighborList(idx_i=idx_i, idx_j=idx_j, cell_shift=shift, length=dist)
+
+
+def small_molecule_neighbor_lists(
+    samples: Sequence[Sample],
+    cutoff: float,
+    max_neighbors: int | None = None,
+    shell_tolerance: float = DEFAULT_SHELL_TOLERANCE,
+) -> dict[int, NeighborList]:
+    """``{index: neighbor_list(samples[index], ...)}`` for the small molecules among ``samples``
+    (no periodic direction, at most :data:`DENSE_MAX_ATOMS` atoms), all in one pass over a
+    (B, n, n) distance array instead of one call per structure; the same lists, arrays and
+    order. Empty (the caller then takes them one by one, which names a bad structure) when
+    fewer than two qualify, the settings are invalid, or two atoms of one lie on top of each
+    other.
+
+    Shapes: -> per index, a NeighborList with the structure's own atom indices
+    """
+    small = [k for k, s in enumerate(samples) if not s.pbc.any() and s.num_atoms <= DENSE_MAX_ATOMS]
+    if len(small) < 2 or _settings_problem(cutoff, max_neighbors, shell_tolerance):
+        return {}
+    counts = np.array([samples[k].num_atoms for k in small])
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    width = int(counts.max())
+    which = np.repeat(np.arange(len(small)), counts)  # (N,) molecule of each atom
+    local = np.arange(offsets[-1]) - offsets[which]
+    positions = np.full((len(small), width, 3), np.nan)  # padding: never close to anything
+    positions[which, local] = np.concatenate([samples[k].positions for k in small]).astype(np.float64, copy=False)
+    vectors = positions[:, None, :, :] - positions[:, :, None, :]  # [b, i, j] = r_j - r_i
+    with np.errstate(invalid="ignore"):
+        distances = np.sqrt((vectors * vectors).sum(axis=-1))
+        real = np.arange(width) < counts[:, None]  # (B, n)
+        close = (distances <= cutoff) & real[:, :, None] & real[:, None, :]
+    close[:, np.arange(width), np.arange(width)] = False
+    molecule, i, j = np.nonzero(close)
+    dist = distances[molecule, i, j]
+    if dist.size and dist.min() < 1e-6:
+        return {}
+    start = offsets[molecule]
+    lists = _canonical(i + start, j + start, np.zeros((i.size, 3), dtype=np.int64), dist, cutoff,
+                       max_neighbors, shell_tolerance)
+    bounds = np.searchsorted(lists.idx_i, offsets)
+    result = {}
+    for position, index in enumerate(small):
+        part = slice(bounds[position], bounds[position + 1])
+        base = offsets[position]
+        result[index] = NeighborList(idx_i=lists.idx_i[part] - base, idx_j=lists.idx_j[part] - base,
+                                     cell_shift=lists.cell_shift[part], length=lists.length[part])
+    return result
 
 
 def _check_distinct(i: np.ndarray, j: np.ndarray, shift: np.ndarray, dist: np.ndarray, cutoff: float) -> None:
