@@ -1,7 +1,9 @@
 """Dense pair search for small molecules against vesin (issue 13, item 3).
 
 Structures with no periodic direction and at most ``DENSE_MAX_ATOMS`` atoms get their pairs from
-one numpy distance matrix (:func:`tensorframe.graph.neighbors.find_pairs`). Two measurements,
+one numpy distance matrix (:func:`tensorframe.graph.neighbors.find_pairs`; the small molecules of
+a batch share one pass, :func:`~tensorframe.graph.neighbors.small_molecule_neighbor_lists`). Two
+measurements,
 both side by side in this process (:func:`benchmarks.toolkit.interleaved_rounds`, alternating):
 
 1. one pair search (cutoff 5 Å, full list) on random molecules of growing size, dense against
