@@ -26,6 +26,7 @@ from tensorframe.config import (
 from tensorframe.conservative import check_conservative_heads, energy_derivatives
 from tensorframe.fields import DERIVED_FIELDS, FieldSpec, builtin_field
 from tensorframe.graph.cache import GraphCache, GraphRecipe
+from tensorframe.graph.neighbors import well_separated_small_molecules
 from tensorframe.heads.base import Head
 from tensorframe.io.convert import to_sample
 from tensorframe.io.validation import MAX_ATOMIC_NUMBER, MIN_DISTANCE, InputError, check_structure
@@ -252,15 +253,25 @@ class TensorModel(nn.Module):
             InputError: ``structure <i>: ...``, for the first structure that fails a check.
         """
         max_z = embedding_limit(self.backbone)
-        samples = []
+        samples: list[Sample] = []
+        failure: Exception | None = None
         for index, structure in enumerate(structures):
+            try:
+                samples.append(to_sample(structure, index))
+            except (TypeError, ValueError) as error:  # raised in its turn, after the checks before it
+                failure = error
+                break
+        # Small molecules: the overlap test of a whole batch in one pass; only those it flags
+        # are checked one by one (which names the atoms).
+        separated = well_separated_small_molecules(samples, min_distance) if min_distance > 0 else set()
+        for index, sample in enumerate(samples):
             where = names[index] if names is not None else f"structure {index}"
-            sample = to_sample(structure, index)
-            check_structure(sample, where, min_distance)
+            check_structure(sample, where, 0.0 if index in separated else min_distance)
             problem = unembedded_element(sample.numbers, max_z)
             if problem is not None:
                 raise InputError(f"{where}: {problem}")
-            samples.append(sample)
+        if failure is not None:
+            raise failure
         return samples
 
 

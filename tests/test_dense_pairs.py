@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tensorframe.graph import build_graph, neighbors
-from tensorframe.graph.neighbors import DENSE_MAX_ATOMS, find_pairs, neighbor_list, small_molecule_neighbor_lists
+from tensorframe.graph.neighbors import (
+    DENSE_MAX_ATOMS,
+    find_pairs,
+    neighbor_list,
+    small_molecule_neighbor_lists,
+    well_separated_small_molecules,
+)
 from tensorframe.io.validation import InputError, check_structure
 from tensorframe.testing.strategies import crystals, molecules
 from tensorframe.types import Sample
@@ -150,3 +156,57 @@ def test_molecules_of_different_sizes_near_the_origin_keep_their_own_pairs() -> 
     batched = small_molecule_neighbor_lists([a, b, a], 3.0)
     for index, sample in enumerate([a, b, a]):
         _same_lists(batched[index], neighbor_list(sample, 3.0))
+
+
+@settings(deadline=None)
+@given(st.lists(molecules(min_atoms=1, max_atoms=DENSE_MAX_ATOMS, min_distance=0.3, volume_per_atom=(1.0, 8.0)),
+                min_size=1, max_size=6), st.floats(0.3, 1.5))
+def test_well_separated_small_molecules_are_those_without_a_close_pair(samples, min_distance) -> None:
+    def closest(sample: Sample) -> float:
+        d = np.linalg.norm(sample.positions[:, None] - sample.positions[None], axis=-1)
+        return d[~np.eye(len(d), dtype=bool)].min() if len(d) > 1 else np.inf
+    expected = {k for k, s in enumerate(samples) if closest(s) >= min_distance}
+    assert well_separated_small_molecules(samples, min_distance, chunk=2) == expected
+
+
+def _checked(model, structures, min_distance: float = 0.5):
+    try:
+        return model.checked_samples(structures, min_distance)
+    except (InputError, TypeError) as error:
+        return type(error), str(error)
+
+
+def test_batched_structure_checks_raise_the_first_failure_as_one_by_one() -> None:
+    import tensorframe as tf
+
+    model = tf.build_model({"cutoff": 4.0, "backbone": {"name": "reference", "hidden": 8, "num_radial": 4,
+                                                         "num_interactions": 1}, "heads": [{"name": "dipole"}]})
+
+    def molecule(positions, numbers=None) -> Sample:
+        positions = np.asarray(positions, dtype=np.float64)
+        numbers = np.ones(len(positions), dtype=np.int64) if numbers is None else np.asarray(numbers)
+        return Sample(numbers, positions, np.zeros((3, 3)), np.zeros(3, dtype=bool))
+
+    good = molecule([[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    overlapping = molecule([[0, 0, 0], [1, 0, 0], [1.2, 0, 0]])
+    unknown = molecule([[0, 0, 0], [1, 0, 0]], numbers=[1, 200])
+    batches = [
+        [good, good, overlapping, good, unknown],  # the overlap (2) comes first
+        [good, unknown, good, overlapping],  # the element (1) comes first
+        [good, overlapping, "not a structure"],  # the overlap before the type error
+        [good, good, "not a structure", overlapping],  # the type error (2) first
+        [good, good, good],
+    ]
+    for structures in batches:
+        batched = _checked(model, structures)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(neighbors, "DENSE_MAX_ATOMS", 0)
+            one_by_one = _checked(model, structures)
+        if isinstance(batched, list):
+            assert isinstance(one_by_one, list) and len(batched) == len(one_by_one) == len(structures)
+        else:
+            assert batched == one_by_one
+    assert _checked(model, batches[0])[1].startswith("structure 2: atoms 1 and 2 overlap")
+    assert _checked(model, batches[1])[1].startswith("structure 1: ")
+    assert _checked(model, batches[2])[1].startswith("structure 1: atoms 1 and 2 overlap")
+    assert _checked(model, batches[3])[0] is TypeError and "structure 2" in _checked(model, batches[3])[1]

@@ -157,6 +157,48 @@ def _canonical(i: np.ndarray, j: np.ndarray, shift: np.ndarray, dist: np.ndarray
     return NeighborList(idx_i=idx_i, idx_j=idx_j, cell_shift=shift, length=dist)
 
 
+def small_molecules(samples: Sequence[Sample]) -> list[int]:
+    """Indices of the structures that take the dense path: no periodic direction, at most
+    :data:`DENSE_MAX_ATOMS` atoms."""
+    return [k for k, s in enumerate(samples) if not s.pbc.any() and s.num_atoms <= DENSE_MAX_ATOMS]
+
+
+def _padded_distances(positions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Distances within each molecule, padded to the largest: ``[b, i, j] = |r_j - r_i|`` (NaN
+    where an atom is padding), and the mask of real pairs ``i != j``.
+
+    Shapes: B arrays (n_b, 3) -> (B, n, n) float64, (B, n, n) bool
+    """
+    counts = np.array([p.shape[0] for p in positions])
+    width = int(counts.max())
+    which = np.repeat(np.arange(len(positions)), counts)  # (N,) molecule of each atom
+    local = np.arange(which.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    padded = np.full((len(positions), width, 3), np.nan)  # padding: never close to anything
+    padded[which, local] = np.concatenate(positions).astype(np.float64, copy=False)
+    vectors = padded[:, None, :, :] - padded[:, :, None, :]  # [b, i, j] = r_j - r_i
+    with np.errstate(invalid="ignore"):
+        distances = np.sqrt((vectors * vectors).sum(axis=-1))
+    real = np.arange(width) < counts[:, None]  # (B, n)
+    pair = real[:, :, None] & real[:, None, :]
+    pair[:, np.arange(width), np.arange(width)] = False
+    return distances, pair
+
+
+def well_separated_small_molecules(samples: Sequence[Sample], min_distance: float, chunk: int = 256) -> set[int]:
+    """Indices of the small molecules (:func:`small_molecules`) whose atoms are all at least
+    ``min_distance`` Å apart, found ``chunk`` molecules per pass; their overlap check can be
+    skipped. The others (and every other structure) still need theirs."""
+    small = small_molecules(samples)
+    clear: set[int] = set()
+    for start in range(0, len(small), chunk):
+        part = small[start:start + chunk]
+        distances, pair = _padded_distances([samples[k].positions for k in part])
+        with np.errstate(invalid="ignore"):
+            too_close = ((distances < min_distance) & pair).any(axis=(1, 2))
+        clear.update(k for k, bad in zip(part, too_close.tolist(), strict=True) if not bad)
+    return clear
+
+
 def small_molecule_neighbor_lists(
     samples: Sequence[Sample],
     cutoff: float,
@@ -172,22 +214,14 @@ def small_molecule_neighbor_lists(
 
     Shapes: -> per index, a NeighborList with the structure's own atom indices
     """
-    small = [k for k, s in enumerate(samples) if not s.pbc.any() and s.num_atoms <= DENSE_MAX_ATOMS]
+    small = small_molecules(samples)
     if len(small) < 2 or _settings_problem(cutoff, max_neighbors, shell_tolerance):
         return {}
     counts = np.array([samples[k].num_atoms for k in small])
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    width = int(counts.max())
-    which = np.repeat(np.arange(len(small)), counts)  # (N,) molecule of each atom
-    local = np.arange(offsets[-1]) - offsets[which]
-    positions = np.full((len(small), width, 3), np.nan)  # padding: never close to anything
-    positions[which, local] = np.concatenate([samples[k].positions for k in small]).astype(np.float64, copy=False)
-    vectors = positions[:, None, :, :] - positions[:, :, None, :]  # [b, i, j] = r_j - r_i
+    distances, pair = _padded_distances([samples[k].positions for k in small])
     with np.errstate(invalid="ignore"):
-        distances = np.sqrt((vectors * vectors).sum(axis=-1))
-        real = np.arange(width) < counts[:, None]  # (B, n)
-        close = (distances <= cutoff) & real[:, :, None] & real[:, None, :]
-    close[:, np.arange(width), np.arange(width)] = False
+        close = (distances <= cutoff) & pair
     molecule, i, j = np.nonzero(close)
     dist = distances[molecule, i, j]
     if dist.size and dist.min() < 1e-6:
