@@ -120,7 +120,11 @@ _mixed_batches = st.lists(
 @settings(deadline=None)
 @given(_mixed_batches, st.floats(1.0, 5.0), st.one_of(st.none(), st.integers(1, 12)))
 def test_batched_small_molecule_lists_equal_one_by_one_lists(samples, cutoff, max_neighbors) -> None:
-    batched = small_molecule_neighbor_lists(samples, cutoff, max_neighbors)
+    batched = small_molecule_neighbor_lists(samples, cutoff, max_neighbors, chunk=2)
+    whole = small_molecule_neighbor_lists(samples, cutoff, max_neighbors)  # one chunk
+    assert sorted(whole) == sorted(batched)
+    for index in whole:
+        _same_lists(whole[index], batched[index])
     small = [k for k, s in enumerate(samples) if not s.pbc.any() and s.num_atoms <= DENSE_MAX_ATOMS]
     assert sorted(batched) == (small if len(small) > 1 else [])
     for index, lists in batched.items():
@@ -153,9 +157,10 @@ def test_molecules_of_different_sizes_near_the_origin_keep_their_own_pairs() -> 
     a = Sample(np.ones(2, dtype=np.int64), np.array([[0.1, 0, 0], [1.1, 0, 0]]), np.zeros((3, 3)), np.zeros(3, dtype=bool))
     b = Sample(np.ones(4, dtype=np.int64), np.array([[0.0, 0.2, 0], [1, 0.2, 0], [0, 1.2, 0], [0, 0.2, 1]]),
                np.zeros((3, 3)), np.zeros(3, dtype=bool))
-    batched = small_molecule_neighbor_lists([a, b, a], 3.0)
-    for index, sample in enumerate([a, b, a]):
-        _same_lists(batched[index], neighbor_list(sample, 3.0))
+    for chunk in (256, 2, 1):  # several passes: each molecule keeps its own offset
+        batched = small_molecule_neighbor_lists([a, b, a], 3.0, chunk=chunk)
+        for index, sample in enumerate([a, b, a]):
+            _same_lists(batched[index], neighbor_list(sample, 3.0))
 
 
 @settings(deadline=None)

@@ -204,11 +204,12 @@ def small_molecule_neighbor_lists(
     cutoff: float,
     max_neighbors: int | None = None,
     shell_tolerance: float = DEFAULT_SHELL_TOLERANCE,
+    chunk: int = 256,
 ) -> dict[int, NeighborList]:
     """``{index: neighbor_list(samples[index], ...)}`` for the small molecules among ``samples``
-    (no periodic direction, at most :data:`DENSE_MAX_ATOMS` atoms), all in one pass over a
-    (B, n, n) distance array instead of one call per structure; the same lists, arrays and
-    order. Empty (the caller then takes them one by one, which names a bad structure) when
+    (no periodic direction, at most :data:`DENSE_MAX_ATOMS` atoms), ``chunk`` molecules per pass
+    over a (B, n, n) distance array instead of one call per structure; the same lists, arrays
+    and order. Empty (the caller then takes them one by one, which names a bad structure) when
     fewer than two qualify, the settings are invalid, or two atoms of one lie on top of each
     other.
 
@@ -219,11 +220,14 @@ def small_molecule_neighbor_lists(
         return {}
     counts = np.array([samples[k].num_atoms for k in small])
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    distances, pair = _padded_distances([samples[k].positions for k in small])
-    with np.errstate(invalid="ignore"):
-        close = (distances <= cutoff) & pair
-    molecule, i, j = np.nonzero(close)
-    dist = distances[molecule, i, j]
+    found = []  # (molecule, i, j, distance) per chunk of molecules
+    for first in range(0, len(small), chunk):
+        distances, pair = _padded_distances([samples[k].positions for k in small[first:first + chunk]])
+        with np.errstate(invalid="ignore"):
+            close = (distances <= cutoff) & pair
+        molecule, i, j = np.nonzero(close)
+        found.append((molecule + first, i, j, distances[molecule, i, j]))
+    molecule, i, j, dist = (np.concatenate(arrays) for arrays in zip(*found, strict=True))
     if dist.size and dist.min() < 1e-6:
         return {}
     start = offsets[molecule]
