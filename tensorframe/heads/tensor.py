@@ -24,7 +24,7 @@ import torch
 from pydantic import PositiveInt
 
 from tensorframe.fields import FieldSpec
-from tensorframe.heads.base import Head, coefficient_mlp
+from tensorframe.heads.base import Head, coefficient_columns, coefficient_mlp
 from tensorframe.heads.charge_flow import ChargeFlow
 from tensorframe.ops.basis import (
     WordSet,
@@ -209,6 +209,15 @@ class CartesianTensorHead(Head):
             raw = torch.nn.functional.softplus(raw)
         return raw * envelope.unsqueeze(-1)
 
+    def _coefficient_columns(self, raw: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
+        """:meth:`_coefficients` in the component-major layout; in place on ``raw`` (a fresh
+        tensor) in inference. Shapes: raw (W, X), envelope (X,) -> (W, X)"""
+        if self.nonnegative:
+            raw = torch.nn.functional.softplus(raw)
+        if torch.is_grad_enabled():
+            return raw * envelope.unsqueeze(0)
+        return raw.mul_(envelope.unsqueeze(0))
+
     def _isotropic_sum(
         self, plan: _WordPlan, coefficients: torch.Tensor, centre: torch.Tensor, num_nodes: int,
         a: torch.Tensor, b: torch.Tensor | None = None,
@@ -280,8 +289,9 @@ class CartesianTensorHead(Head):
         if self.triplet_coefficients is not None:
             if features.triplet is None:
                 raise ValueError(f"field {self.field.name!r}: this head needs triplet features; none were given")
-            coefficients = self._coefficients(self.triplet_coefficients(features.triplet), graph.triplet_envelope)
-            coefficients = coefficients.t().contiguous()  # (W, T)
+            coefficients = self._coefficient_columns(
+                coefficient_columns(self.triplet_coefficients, features.triplet), graph.triplet_envelope
+            )  # (W, T)
             a = directions.index_select(1, graph.idx_kj)  # (3, T)
             b = directions.index_select(1, graph.idx_ji)
             plan = self._triplet_plan

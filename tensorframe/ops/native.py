@@ -75,7 +75,7 @@ def _load() -> NativeStatus:
     if not path.is_file():
         return NativeStatus(False, f"not built for this source and torch {torch.__version__} "
                                    f"(run ./setup.sh or tensorframe native build)")
-    if hasattr(torch.ops, "tensorframe") and hasattr(torch.ops.tensorframe, "angular_filter"):
+    if hasattr(torch.ops, "tensorframe") and hasattr(torch.ops.tensorframe, "gather_mul_scatter"):
         return NativeStatus(True, str(path))
     try:
         torch.ops.load_library(str(path))
