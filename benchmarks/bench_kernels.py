@@ -1,6 +1,6 @@
 """ETGNN's speed paths side by side (issue 13, items 1 and 4): the compiled triplet kernels
-against the pure-PyTorch ones, the vectorised spherical basis against the per-order one, and
-torch.compile against eager.
+against the pure-PyTorch ones, inference on blocks of triplets against whole tensors, the
+vectorised spherical basis against the per-order one, and torch.compile against eager.
 
 Every comparison runs in one process on the same prebuilt graphs of the becs-eps task (the
 e3nn crystal BECs and dielectric tensors; cutoffs 6 Å / 4 Å, max_neighbors 32): the variants
@@ -12,7 +12,9 @@ int_emb_size 64, 4 blocks), and the suite's ``etgnn`` and ``etgnn-lean``; heads:
 dielectric (they read triplet features), a force head only, or a conservative energy head
 (forces = -dE/dr; its training differentiates the forces). The last two read edge features:
 ETGNN drops its triplet chain, and in inference the edge update's triplet sum is the fused
-kernel.
+kernel. Blocks: ETGNN's triplet embedding and updates and the tensor heads' triplet coefficient
+MLPs run on blocks of ``tensorframe.ops.blocking.ROW_BLOCK`` triplets in inference; "whole
+tensors" sets the block larger than any batch (the same code, one block).
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_kernels`` (about 10 minutes, compiling
 included); writes ``benchmarks/results/kernels.json`` and the kernels section of
@@ -44,6 +46,7 @@ from benchmarks.toolkit import (
     seeded_model,
     written_by,
 )
+import tensorframe.ops.blocking as blocking
 from tensorframe import compile_model
 from tensorframe.ops.native import status as native_status
 from tensorframe.ops.triplet_kernels import native_kernels
@@ -110,6 +113,30 @@ def kernel_rows(train: Sequence[Any], test: Sequence[Any], repeats: int) -> list
     return rows
 
 
+def blocking_rows(test: Sequence[Any], repeats: int) -> list[dict[str, Any]]:
+    """Inference over the test split (born + dielectric heads) on blocks of triplets against
+    whole tensors, for the suite's two ETGNN sizes."""
+    rows, default = [], blocking.ROW_BLOCK
+
+    def with_block(run: Callable[[], Any], size: int) -> Callable[[], None]:
+        def call() -> None:
+            blocking.ROW_BLOCK = size
+            try:
+                run()
+            finally:
+                blocking.ROW_BLOCK = default
+        return call
+
+    for config in ("etgnn", "etgnn-lean"):
+        _, run = workload(config, "tensor", "inference", test)
+        calls = {"blocks": with_block(run, default), "whole": with_block(run, 1 << 40)}
+        seconds = medians(interleaved_rounds(calls, repeats, alternate=True))
+        rows.append({"config": config, "block_rows": default, "blocks_s": seconds["blocks"],
+                     "whole_s": seconds["whole"], "speedup": seconds["whole"] / seconds["blocks"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def basis_row(test: Sequence[Any], repeats: int) -> dict[str, Any]:
     """The radial part of the spherical basis on one test batch's triplet edges: every order in
     one pass (now) against one order at a time (before)."""
@@ -148,7 +175,7 @@ def compile_row(config: str, test: Sequence[Any], repeats: int) -> dict[str, Any
 
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
-    lines = ["## Kernels: compiled triplet kernels, spherical basis, torch.compile", "",
+    lines = ["## Kernels: compiled triplet kernels, blocks of triplets, spherical basis, torch.compile", "",
              written_by("python -m benchmarks.bench_kernels", result["environment"], "benchmarks/results/kernels.json"),
              "", machine_line(result["environment"]),
              f"- becs-eps: {s['train']} training / {s['test']} test crystals, cutoffs {CUTOFF} / {TRIPLET_CUTOFF} Å, "
@@ -159,6 +186,13 @@ def render(result: dict[str, Any]) -> str:
         ["ETGNN size", "heads", "mode", "compiled kernels (s)", "PyTorch kernels (s)", "speed-up"],
         [[r["config"], HEADS_LABEL[r["heads"]], r["mode"],
           fmt(r["compiled_s"]), fmt(r["pytorch_s"]), f"{r['speedup']:.2f}x"] for r in result["kernels"]]))
+    if result.get("blocking"):
+        lines += ["", "Inference (born + dielectric heads) on blocks of triplets against whole tensors (same code, one "
+                  "block):", ""]
+        lines.append(markdown_table(
+            ["ETGNN size", "rows per block", "blocks (s)", "whole tensors (s)", "speed-up"],
+            [[r["config"], str(r["block_rows"]), fmt(r["blocks_s"]), fmt(r["whole_s"]), f"{r['speedup']:.2f}x"]
+             for r in result["blocking"]]))
     b = result["basis"]
     lines += ["", f"Spherical basis, radial part on the {b['edges']} triplet edges of one test batch: every order in "
               f"one pass {fmt(b['vectorised_s'] * 1e3)} ms, one order at a time (before) "
@@ -190,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "settings": {"train": len(train), "test": len(test), "repeats": repeats, "quick": args.quick},
         "native": f"loaded ({current.detail.rsplit('/', 1)[-1]})" if current.loaded else f"not in use: {current.detail}",
         "kernels": kernel_rows(train, test, repeats) if current.loaded else [],
+        "blocking": blocking_rows(test, repeats),
         "basis": basis_row(test, repeats),
         "compile": [] if args.quick else [compile_row("etgnn-lean", test, repeats)],
     }

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import tensorframe.heads.base as head_base
+import tensorframe.ops.blocking as blocking
 from tensorframe import build_model
 from tensorframe.heads.base import coefficient_columns, coefficient_mlp
 from tensorframe.ops.triplet_kernels import TripletBasis
@@ -38,7 +38,7 @@ def test_coefficient_columns_match_the_plain_mlp(dtype, rows, block, widths, see
     x = torch.randn(rows, widths[0], dtype=dtype)
     expected = mlp(x).detach().t()
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(head_base, "ROW_BLOCK", block)
+        patch.setattr(blocking, "ROW_BLOCK", block)
         actual = coefficient_columns(mlp, x)
     assert actual.shape == (widths[2], rows) and actual.is_contiguous()
     assert_close_to(actual, expected, dtype)
@@ -73,7 +73,7 @@ def test_tensor_heads_in_inference_match_the_autograd_path(dtype):
     assert graph.num_triplets > 7
     expected = model(graph)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(head_base, "ROW_BLOCK", 7)
+        patch.setattr(blocking, "ROW_BLOCK", 7)
         actual = model(graph)
     for name in expected:
         assert_close_to(actual[name], expected[name].detach(), dtype)
@@ -100,3 +100,25 @@ def test_dense_basis_of_a_strided_radial_part(dtype, grad):
         reference = torch.autograd.grad((expected * weights).sum(), [angular, radial])
         for a, b in zip(actual, reference, strict=True):
             assert_close_to(a, b, dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("activation", ["silu", "gelu"], ids=["in-place", "copied"])
+def test_etgnn_triplet_blocks_in_inference_match_the_autograd_path(dtype, activation):
+    """ETGNN's triplet embedding and updates in blocks of 7 triplets (with a residual layer;
+    SiLU works in place, GELU is copied back): node, edge and triplet features under
+    ``torch.no_grad`` equal those of the autograd path."""
+    torch.manual_seed(0)
+    model = build_model({
+        "cutoff": 4.0, "triplet_cutoff": 3.0, "heads": [{"name": "born"}],
+        "backbone": {"name": "etgnn", "hidden": 16, "triplet_dim": 8, "int_emb_size": 8, "out_emb_size": 16,
+                     "num_blocks": 2, "num_triplet_residual": 1, "activation": activation},
+    }).to(dtype).eval()
+    graph = model.make_graph(contract_samples())
+    assert graph.num_triplets > 7
+    expected = model.features(graph)
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(blocking, "ROW_BLOCK", 7)
+        actual = model.features(graph)
+    for name in ("node", "edge", "triplet"):
+        assert_close_to(getattr(actual, name), getattr(expected, name).detach(), dtype)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tensorframe.fields import FieldSpec
+from tensorframe.ops.blocking import row_blocks
 from tensorframe.types import Graph, InvariantFeatures
 
 
@@ -47,19 +48,14 @@ def coefficient_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 
 
-ROW_BLOCK = 2048
-"""Rows per block of :func:`coefficient_columns` in inference: a block's hidden activations
-(2048 x 64 floats, 512 KiB) stay in the core's cache between the two matmuls."""
-
-
 def coefficient_columns(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` transposed, contiguous: one row per output coefficient, one column per item
     (the component-major layout the tensor heads work in).
 
     In inference (no autograd graph), the Linear-SiLU-Linear MLP of :func:`coefficient_mlp` runs
-    on blocks of :data:`ROW_BLOCK` rows whose hidden activations stay in cache, with the last
-    product written transposed (``W_2 h^T``); triplet-sized heads spend most of their time
-    here. Same values as ``mlp(x).t()`` up to the rounding of a differently blocked matmul
+    on blocks of rows (:func:`~tensorframe.ops.blocking.row_blocks`) whose hidden activations
+    stay in cache, with the last product written transposed (``W_2 h^T``); triplet-sized heads
+    spend most of their time here. Same values as ``mlp(x).t()`` up to the rounding of a differently blocked matmul
     (tested to 1e-6 in float32). Any other module, or autograd, takes the plain path.
 
     Shapes: x (X, in) -> (out, X)
@@ -67,15 +63,11 @@ def coefficient_columns(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() or not _is_coefficient_mlp(mlp):
         return mlp(x).t().contiguous()
     first, _, last = mlp
-    rows = x.shape[0]
-    out = x.new_empty((last.out_features, rows))
-    hidden = x.new_empty((min(ROW_BLOCK, rows), first.out_features))
-    for start in range(0, rows, ROW_BLOCK):
-        block = x[start : start + ROW_BLOCK]
-        activations = hidden[: block.shape[0]]
-        torch.addmm(first.bias, block, first.weight.t(), out=activations)
+    out = x.new_empty((last.out_features, x.shape[0]))
+    for rows in row_blocks(x.shape[0]):
+        activations = torch.addmm(first.bias, x[rows], first.weight.t())
         nn.functional.silu(activations, inplace=True)
-        torch.addmm(last.bias.unsqueeze(1), last.weight, activations.t(), out=out[:, start : start + ROW_BLOCK])
+        torch.addmm(last.bias.unsqueeze(1), last.weight, activations.t(), out=out[:, rows])
     return out
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tensorframe import TripletBasis, gather_mul, gather_mul_scatter, scatter_sum
+from tensorframe import TripletBasis, gather_mul, gather_mul_scatter, row_blocks, scatter_sum
 
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
@@ -138,8 +138,23 @@ class TripletEmbedding(nn.Module):
         as_kj = self.atom_k(atoms).index_select(0, neighbour)
         as_ji = (self.atom_j(atoms).index_select(0, neighbour) + self.atom_i(atoms).index_select(0, centre)
                  + self.radial(radial.index_select(0, edges)))
+        if not torch.is_grad_enabled():
+            return self._blocked(as_kj, as_ji, basis, kj, ji)
         gathered = as_kj.index_select(0, kj) + as_ji.index_select(0, ji)
         return self.act(basis.project([self.angular.weight.t()], add=gathered))
+
+    def _blocked(self, as_kj: torch.Tensor, as_ji: torch.Tensor, basis: TripletBasis, kj: torch.Tensor,
+                 ji: torch.Tensor) -> torch.Tensor:
+        """The same in inference, on blocks of triplets that stay in cache (:func:`row_blocks`)."""
+        dense, weight = basis.dense(), self.angular.weight.t()
+        out = as_kj.new_empty((kj.shape[0], weight.shape[1]))
+        for rows in row_blocks(kj.shape[0]):
+            gathered = as_kj.index_select(0, kj[rows]).add_(as_ji.index_select(0, ji[rows]))
+            block = torch.addmm(gathered, dense[rows], weight, out=out[rows])
+            activated = activate_(self.act, block)
+            if activated is not block:  # an activation without an in-place form
+                block.copy_(activated)
+        return out
 
 
 class EdgeUpdate(nn.Module):
@@ -233,11 +248,25 @@ class TripletUpdate(nn.Module):
         short = messages.index_select(0, edges)
         x_kj = self.act(self.from_kj(short))
         x_ji = self.from_ji(short) * self.radial(rbf.index_select(0, edges))
+        if not torch.is_grad_enabled():
+            return self._blocked(triplets, x_kj, x_ji, angular_filter, kj, ji)
         g = gather_mul(x_kj, kj, angular_filter) + x_ji.index_select(0, ji)
         g = self.act(torch.addmm(g, triplets, self.from_triplet.weight.t()))
         for layer in self.residual:
             g = layer(g)
         return torch.addmm(triplets, g, self.up.weight.t())
+
+    def _blocked(self, triplets: torch.Tensor, x_kj: torch.Tensor, x_ji: torch.Tensor, angular_filter: torch.Tensor,
+                 kj: torch.Tensor, ji: torch.Tensor) -> torch.Tensor:
+        """The same in inference, on blocks of triplets that stay in cache (:func:`row_blocks`)."""
+        out = torch.empty_like(triplets)
+        for rows in row_blocks(triplets.shape[0]):
+            g = x_kj.index_select(0, kj[rows]).mul_(angular_filter[rows]).add_(x_ji.index_select(0, ji[rows]))
+            g = activate_(self.act, torch.addmm(g, triplets[rows], self.from_triplet.weight.t()))
+            for layer in self.residual:
+                g = layer(g)
+            torch.addmm(triplets[rows], g, self.up.weight.t(), out=out[rows])
+        return out
 
 
 class InteractionBlock(nn.Module):
