@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+import tensorframe.ops.blocking as blocking
 from benchmarks.suite import BACKBONES
 from benchmarks.tasks import TASKS, load_task
 from benchmarks.toolkit import (
@@ -46,7 +47,6 @@ from benchmarks.toolkit import (
     seeded_model,
     written_by,
 )
-import tensorframe.ops.blocking as blocking
 from tensorframe import compile_model
 from tensorframe.ops.native import status as native_status
 from tensorframe.ops.triplet_kernels import native_kernels
