@@ -23,7 +23,7 @@ from tensorframe.io.read import read_structures
 from tensorframe.io.validation import InputError
 from tensorframe.model import TensorModel, build_model
 from tensorframe.ops.basis import WordSet, complete_words
-from tensorframe.ops.blocking import row_blocks
+from tensorframe.ops.blocking import blocked_inference, row_blocks
 from tensorframe.ops.radial import BesselBasis, GaussianBasis, cosine_cutoff, legendre_basis
 from tensorframe.ops.scatter import scatter_mean, scatter_sum
 from tensorframe.ops.triplet_kernels import TripletBasis, gather_mul, gather_mul_scatter
@@ -46,6 +46,7 @@ __all__ = [
     "GaussianBasis", "Graph", "GraphSettings", "Head", "HeadSpec", "InvariantFeatures", "PluginConfig", "ReaderSpec",
     "Registry", "Sample", "ScalarHead", "WordSet", "build_registry", "complete_words", "cosine_cutoff", "hookimpl",
     "legendre_basis", "scatter_mean", "scatter_sum", "TripletBasis", "gather_mul", "gather_mul_scatter", "row_blocks",
+    "blocked_inference",
     # for users
     "ConfigError", "InputError", "ModelConfig", "PluginError", "TensorModel", "TensorframeCalculator", "__version__",
     "build_model", "compile_model", "get_registry", "list_plugins", "load_model", "read_structures", "save_checkpoint",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import tensorframe
+import tensorframe.ops.blocking
 from tensorframe.config import ConfigError
 from tensorframe.testing.contract import contract_samples, degenerate_samples
 
@@ -49,3 +50,29 @@ def test_a_conservative_model_is_refused_for_compiled_training():
                                      "heads": [{"name": "scalar", "field": "energy"}]})
     with pytest.raises(ConfigError, match="second derivatives"):
         tensorframe.compile_model(model, training=True)
+
+
+def test_compiled_inference_takes_the_whole_tensor_path():
+    """Inference on blocks of rows loops as often as the batch has blocks: traced by
+    torch.compile, that loop would be unrolled and recompiled for every batch. Compiled code
+    sees ``blocked_inference()`` false and takes the whole-tensor form."""
+    probe = torch.compile(lambda x: x + 1 if tensorframe.blocked_inference() else x - 1, backend="eager", dynamic=True)
+    with torch.no_grad():
+        assert tensorframe.blocked_inference()
+        assert float(probe(torch.zeros(1))) == -1.0
+
+
+def test_compiled_heads_do_not_recompile_for_another_batch(monkeypatch):
+    """A head with triplet words (its coefficient MLP has an inference fast path on blocks of
+    rows, here 7), compiled: a second batch with other numbers of atoms, edges and triplets
+    (so another number of blocks) reuses the compiled code."""
+    monkeypatch.setattr(tensorframe.ops.blocking, "ROW_BLOCK", 7)
+    torch.manual_seed(0)
+    model = tensorframe.compile_model(tensorframe.build_model(CONFIG).eval())
+    samples = contract_samples()
+    model.predict(samples[:1])
+    torch.compiler.set_stance("fail_on_recompile")
+    try:
+        model.predict(samples)
+    finally:
+        torch.compiler.set_stance("default")

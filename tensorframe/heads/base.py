@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tensorframe.fields import FieldSpec
-from tensorframe.ops.blocking import row_blocks
+from tensorframe.ops.blocking import blocked_inference, row_blocks
 from tensorframe.types import Graph, InvariantFeatures
 
 
@@ -52,7 +52,7 @@ def coefficient_columns(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` transposed, contiguous: one row per output coefficient, one column per item
     (the component-major layout the tensor heads work in).
 
-    In inference (no autograd graph), the Linear-SiLU-Linear MLP of :func:`coefficient_mlp` runs
+    In inference (no autograd graph, no ``torch.compile``), the Linear-SiLU-Linear MLP of :func:`coefficient_mlp` runs
     on blocks of rows (:func:`~tensorframe.ops.blocking.row_blocks`) whose hidden activations
     stay in cache, with the last product written transposed (``W_2 h^T``); triplet-sized heads
     spend most of their time here. Same values as ``mlp(x).t()`` up to the rounding of a differently blocked matmul
@@ -60,7 +60,7 @@ def coefficient_columns(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
     Shapes: x (X, in) -> (out, X)
     """
-    if torch.is_grad_enabled() or not _is_coefficient_mlp(mlp):
+    if not blocked_inference() or not _is_coefficient_mlp(mlp):
         return mlp(x).t().contiguous()
     first, _, last = mlp
     out = x.new_empty((last.out_features, x.shape[0]))

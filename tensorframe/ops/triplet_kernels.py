@@ -224,7 +224,7 @@ class TripletBasis:
             if torch.is_grad_enabled():
                 rows = rows * angular
             else:
-                rows = torch.mul(rows, angular, out=rows)
+                rows = rows.mul_(angular)
             self._dense = rows.flatten(1)
         return self._dense
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tensorframe import TripletBasis, gather_mul, gather_mul_scatter, row_blocks, scatter_sum
+from tensorframe import TripletBasis, blocked_inference, gather_mul, gather_mul_scatter, row_blocks, scatter_sum
 
 _ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
@@ -138,7 +138,7 @@ class TripletEmbedding(nn.Module):
         as_kj = self.atom_k(atoms).index_select(0, neighbour)
         as_ji = (self.atom_j(atoms).index_select(0, neighbour) + self.atom_i(atoms).index_select(0, centre)
                  + self.radial(radial.index_select(0, edges)))
-        if not torch.is_grad_enabled():
+        if blocked_inference():
             return self._blocked(as_kj, as_ji, basis, kj, ji)
         gathered = as_kj.index_select(0, kj) + as_ji.index_select(0, ji)
         return self.act(basis.project([self.angular.weight.t()], add=gathered))
@@ -248,7 +248,7 @@ class TripletUpdate(nn.Module):
         short = messages.index_select(0, edges)
         x_kj = self.act(self.from_kj(short))
         x_ji = self.from_ji(short) * self.radial(rbf.index_select(0, edges))
-        if not torch.is_grad_enabled():
+        if blocked_inference():
             return self._blocked(triplets, x_kj, x_ji, angular_filter, kj, ji)
         g = gather_mul(x_kj, kj, angular_filter) + x_ji.index_select(0, ji)
         g = self.act(torch.addmm(g, triplets, self.from_triplet.weight.t()))
