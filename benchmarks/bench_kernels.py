@@ -13,8 +13,9 @@ dielectric (they read triplet features), a force head only, or a conservative en
 (forces = -dE/dr; its training differentiates the forces). The last two read edge features:
 ETGNN drops its triplet chain, and in inference the edge update's triplet sum is the fused
 kernel. Blocks: ETGNN's triplet embedding and updates and the tensor heads' triplet coefficient
-MLPs run on blocks of ``tensorframe.ops.blocking.ROW_BLOCK`` triplets in inference; "whole
-tensors" sets the block larger than any batch (the same code, one block).
+MLPs run on blocks of triplets in inference (``tensorframe.ops.blocking.BLOCK_VALUES`` values of
+the widest intermediate per block); "whole tensors" sets the block larger than any batch (the
+same code, one block).
 
 Run: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_kernels`` (about 10 minutes, compiling
 included); writes ``benchmarks/results/kernels.json`` and the kernels section of
@@ -116,22 +117,22 @@ def kernel_rows(train: Sequence[Any], test: Sequence[Any], repeats: int) -> list
 def blocking_rows(test: Sequence[Any], repeats: int) -> list[dict[str, Any]]:
     """Inference over the test split (born + dielectric heads) on blocks of triplets against
     whole tensors, for the suite's two ETGNN sizes."""
-    rows, default = [], blocking.ROW_BLOCK
+    rows, default = [], blocking.BLOCK_VALUES
 
     def with_block(run: Callable[[], Any], size: int) -> Callable[[], None]:
         def call() -> None:
-            blocking.ROW_BLOCK = size
+            blocking.BLOCK_VALUES = size
             try:
                 run()
             finally:
-                blocking.ROW_BLOCK = default
+                blocking.BLOCK_VALUES = default
         return call
 
     for config in ("etgnn", "etgnn-lean"):
         _, run = workload(config, "tensor", "inference", test)
         calls = {"blocks": with_block(run, default), "whole": with_block(run, 1 << 40)}
         seconds = medians(interleaved_rounds(calls, repeats, alternate=True))
-        rows.append({"config": config, "block_rows": default, "blocks_s": seconds["blocks"],
+        rows.append({"config": config, "block_values": default, "blocks_s": seconds["blocks"],
                      "whole_s": seconds["whole"], "speedup": seconds["whole"] / seconds["blocks"]})
         print(rows[-1], flush=True)
     return rows
@@ -190,8 +191,8 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", "Inference (born + dielectric heads) on blocks of triplets against whole tensors (same code, one "
                   "block):", ""]
         lines.append(markdown_table(
-            ["ETGNN size", "rows per block", "blocks (s)", "whole tensors (s)", "speed-up"],
-            [[r["config"], str(r["block_rows"]), fmt(r["blocks_s"]), fmt(r["whole_s"]), f"{r['speedup']:.2f}x"]
+            ["ETGNN size", "values per block", "blocks (s)", "whole tensors (s)", "speed-up"],
+            [[r["config"], str(r["block_values"]), fmt(r["blocks_s"]), fmt(r["whole_s"]), f"{r['speedup']:.2f}x"]
              for r in result["blocking"]]))
     b = result["basis"]
     lines += ["", f"Spherical basis, radial part on the {b['edges']} triplet edges of one test batch: every order in "

@@ -38,7 +38,7 @@ def test_coefficient_columns_match_the_plain_mlp(dtype, rows, block, widths, see
     x = torch.randn(rows, widths[0], dtype=dtype)
     expected = mlp(x).detach().t()
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(blocking, "ROW_BLOCK", block)
+        patch.setattr(blocking, "BLOCK_VALUES", block * widths[1])  # blocks of `block` rows
         actual = coefficient_columns(mlp, x)
     assert actual.shape == (widths[2], rows) and actual.is_contiguous()
     assert_close_to(actual, expected, dtype)
@@ -60,7 +60,7 @@ def test_coefficient_columns_keep_autograd_and_other_modules_on_the_plain_path()
 @DTYPES
 def test_tensor_heads_in_inference_match_the_autograd_path(dtype):
     """Heads with triplet words (Born charges, polarizability, a rank-3 tensor) on the contract
-    structures, their triplet coefficients in blocks of 7 rows: predictions under
+    structures, their triplet coefficients in blocks of one row (56 values, 64 wide): predictions under
     ``torch.no_grad`` equal those of the autograd path."""
     torch.manual_seed(0)
     model = build_model({
@@ -73,7 +73,7 @@ def test_tensor_heads_in_inference_match_the_autograd_path(dtype):
     assert graph.num_triplets > 7
     expected = model(graph)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(blocking, "ROW_BLOCK", 7)
+        patch.setattr(blocking, "BLOCK_VALUES", 56)
         actual = model(graph)
     for name in expected:
         assert_close_to(actual[name], expected[name].detach(), dtype)
@@ -105,7 +105,7 @@ def test_dense_basis_of_a_strided_radial_part(dtype, grad):
 @DTYPES
 @pytest.mark.parametrize("activation", ["silu", "gelu"], ids=["in-place", "copied"])
 def test_etgnn_triplet_blocks_in_inference_match_the_autograd_path(dtype, activation):
-    """ETGNN's triplet embedding and updates in blocks of 7 triplets (with a residual layer;
+    """ETGNN's triplet embedding and updates in blocks of 7 triplets (56 values, 8 wide) (with a residual layer;
     SiLU works in place, GELU is copied back): node, edge and triplet features under
     ``torch.no_grad`` equal those of the autograd path."""
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_etgnn_triplet_blocks_in_inference_match_the_autograd_path(dtype, activa
     assert graph.num_triplets > 7
     expected = model.features(graph)
     with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(blocking, "ROW_BLOCK", 7)
+        patch.setattr(blocking, "BLOCK_VALUES", 56)
         actual = model.features(graph)
     for name in ("node", "edge", "triplet"):
         assert_close_to(getattr(actual, name), getattr(expected, name).detach(), dtype)

@@ -64,9 +64,9 @@ def test_compiled_inference_takes_the_whole_tensor_path():
 
 def test_compiled_heads_do_not_recompile_for_another_batch(monkeypatch):
     """A head with triplet words (its coefficient MLP has an inference fast path on blocks of
-    rows, here 7), compiled: a second batch with other numbers of atoms, edges and triplets
+    rows, here one row each), compiled: a second batch with other numbers of atoms, edges and triplets
     (so another number of blocks) reuses the compiled code."""
-    monkeypatch.setattr(tensorframe.ops.blocking, "ROW_BLOCK", 7)
+    monkeypatch.setattr(tensorframe.ops.blocking, "BLOCK_VALUES", 56)
     torch.manual_seed(0)
     model = tensorframe.compile_model(tensorframe.build_model(CONFIG).eval())
     samples = contract_samples()

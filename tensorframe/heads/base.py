@@ -64,7 +64,7 @@ def coefficient_columns(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         return mlp(x).t().contiguous()
     first, _, last = mlp
     out = x.new_empty((last.out_features, x.shape[0]))
-    for rows in row_blocks(x.shape[0]):
+    for rows in row_blocks(x.shape[0], first.out_features):
         activations = torch.addmm(first.bias, x[rows], first.weight.t())
         nn.functional.silu(activations, inplace=True)
         torch.addmm(last.bias.unsqueeze(1), last.weight, activations.t(), out=out[:, rows])

@@ -2,7 +2,7 @@
 
 A chain of row-wise operations on triplet-sized tensors (a gather, a matmul, an activation,
 another matmul) run one whole tensor at a time streams every intermediate through main
-memory; run on blocks of :data:`ROW_BLOCK` rows, each block's intermediates stay in the
+memory; run on blocks of rows (:data:`BLOCK_VALUES` values of the widest one), each block's intermediates stay in the
 core's cache between operations. Only without autograd (inference) and outside
 ``torch.compile`` (:func:`blocked_inference`): under autograd the whole-tensor form keeps what
 the backward pass needs. Rows are independent, so the values are those of the whole-tensor
@@ -15,9 +15,11 @@ from collections.abc import Iterator
 
 import torch
 
-ROW_BLOCK = 1024
-"""Rows per block: 1024 rows of 64 float32 values are 256 KiB, well within a core's L2 cache.
-Measured against whole tensors by ``python -m benchmarks.bench_kernels`` (docs/benchmarks.md)."""
+BLOCK_VALUES = 65536
+"""Values per row block of the widest intermediate: 256 KiB of float32, well within a core's L2
+cache (1024 rows of 64 values; narrower rows make taller blocks, so that each operation still
+has enough work to outweigh its call). Measured against whole tensors by
+``python -m benchmarks.bench_kernels`` (docs/benchmarks.md)."""
 
 
 def blocked_inference() -> bool:
@@ -27,8 +29,9 @@ def blocked_inference() -> bool:
     return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
-def row_blocks(rows: int) -> Iterator[slice]:
-    """Consecutive slices of at most :data:`ROW_BLOCK` rows covering ``range(rows)``."""
-    block = ROW_BLOCK
+def row_blocks(rows: int, width: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(rows)``, each of at most ``BLOCK_VALUES // width``
+    rows (at least one), ``width`` being the widest intermediate's number of columns."""
+    block = max(1, BLOCK_VALUES // max(1, width))
     for start in range(0, rows, block):
         yield slice(start, min(start + block, rows))

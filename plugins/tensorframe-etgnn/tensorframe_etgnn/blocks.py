@@ -148,7 +148,7 @@ class TripletEmbedding(nn.Module):
         """The same in inference, on blocks of triplets that stay in cache (:func:`row_blocks`)."""
         dense, weight = basis.dense(), self.angular.weight.t()
         out = as_kj.new_empty((kj.shape[0], weight.shape[1]))
-        for rows in row_blocks(kj.shape[0]):
+        for rows in row_blocks(kj.shape[0], weight.shape[1]):
             gathered = as_kj.index_select(0, kj[rows]).add_(as_ji.index_select(0, ji[rows]))
             block = torch.addmm(gathered, dense[rows], weight, out=out[rows])
             activated = activate_(self.act, block)
@@ -260,7 +260,7 @@ class TripletUpdate(nn.Module):
                  kj: torch.Tensor, ji: torch.Tensor) -> torch.Tensor:
         """The same in inference, on blocks of triplets that stay in cache (:func:`row_blocks`)."""
         out = torch.empty_like(triplets)
-        for rows in row_blocks(triplets.shape[0]):
+        for rows in row_blocks(triplets.shape[0], max(triplets.shape[1], x_kj.shape[1])):
             g = x_kj.index_select(0, kj[rows]).mul_(angular_filter[rows]).add_(x_ji.index_select(0, ji[rows]))
             g = activate_(self.act, torch.addmm(g, triplets[rows], self.from_triplet.weight.t()))
             for layer in self.residual:
