@@ -27,6 +27,7 @@ from tensorframe.conservative import check_conservative_heads, energy_derivative
 from tensorframe.fields import DERIVED_FIELDS, FieldSpec, builtin_field
 from tensorframe.graph.cache import GraphCache, GraphRecipe
 from tensorframe.graph.neighbors import well_separated_small_molecules
+from tensorframe.graph.padding import pad_graph
 from tensorframe.heads.base import Head
 from tensorframe.io.convert import to_sample
 from tensorframe.io.validation import MAX_ATOMIC_NUMBER, MIN_DISTANCE, InputError, check_structure
@@ -98,23 +99,34 @@ class TensorModel(nn.Module):
     the heads, whose products of edge directions and sums stay in full precision. Not saved
     with the model; set it with :meth:`backbone_precision`."""
 
+    autocast_padding: bool = True
+    """Under :attr:`backbone_autocast` on a CPU, the backbone runs on the graph padded to a few
+    fixed sizes (:func:`tensorframe.graph.padding.pad_graph`): oneDNN builds a bfloat16 kernel
+    per matrix shape, and without padding every batch pays that build again. The features of
+    the real atoms, edges and triplets are unchanged. Set by :meth:`backbone_precision`."""
+
     @contextmanager
-    def backbone_precision(self, dtype: torch.dtype | None) -> Iterator[None]:
+    def backbone_precision(self, dtype: torch.dtype | None, *, padding: bool = True) -> Iterator[None]:
         """Run the backbone's matrix products in ``dtype`` (e.g. ``torch.bfloat16``; None: the
-        model's dtype) inside the block (see :attr:`backbone_autocast`)."""
-        saved = self.backbone_autocast
-        self.backbone_autocast = dtype
+        model's dtype) inside the block (see :attr:`backbone_autocast`); ``padding``: on a CPU,
+        on a graph padded to bucket sizes (see :attr:`autocast_padding`)."""
+        saved = self.backbone_autocast, self.autocast_padding
+        self.backbone_autocast, self.autocast_padding = dtype, padding
         try:
             yield
         finally:
-            self.backbone_autocast = saved
+            self.backbone_autocast, self.autocast_padding = saved
 
     def features(self, graph: Graph) -> InvariantFeatures:
         if self.backbone_autocast is None:
             features = self.backbone(graph)
         else:
-            with torch.autocast(graph.edge_vec.device.type, dtype=self.backbone_autocast):
-                features = self.backbone(graph)
+            device = graph.edge_vec.device.type
+            padded = pad_graph(graph) if self.autocast_padding and device == "cpu" and graph.num_nodes else None
+            with torch.autocast(device, dtype=self.backbone_autocast):
+                features = self.backbone(padded.graph) if padded is not None else self.backbone(graph)
+            if padded is not None:
+                features = padded.unpad(features)
             dtype = graph.edge_vec.dtype
             features = InvariantFeatures(
                 node=features.node.to(dtype), edge=features.edge.to(dtype),

@@ -29,6 +29,7 @@ from tensorframe.testing.contract import (
     assert_features_continuous_at_cutoff,
     assert_features_invariant,
     assert_features_supercell_consistent,
+    assert_features_unchanged_by_padding,
     assert_finite_outputs_and_gradients,
     assert_inference_modes_agree,
     build_contract_model,
@@ -207,6 +208,8 @@ NEWER_CHECKS: dict[str, tuple[Callable[[tf.TensorModel], Any], str, str]] = {
                           "not finite"),
     "inference_modes": (lambda m: assert_inference_modes_agree(m, [CRYSTAL, MOLECULE]), "grad_mode",
                         "torch.no_grad differs from autograd"),
+    "padding": (lambda m: assert_features_unchanged_by_padding(m, [CRYSTAL, MOLECULE]), "batch_centred",
+                "node features change when the graph is padded"),
 }
 
 

@@ -18,7 +18,8 @@ dielectric with and without
                translations, atom permutations and moving atoms to other periodic images
                (edges matched by (centre, neighbour, image), triplets by their two edges);
                a supercell copies the cell's features; a batch has each structure's own;
-               node features are continuous as a neighbour crosses the cutoff
+               node features are continuous as a neighbour crosses the cutoff; a graph padded
+               to bucket sizes (amp on a CPU) gives the real rows the same features and gradients
     outputs    every field equivariant under proper and improper rotations; permutation,
                translation, periodic-image and supercell consistency; batch == one by one;
                Neumann's principle on rock salt and wurtzite
@@ -66,6 +67,7 @@ from hypothesis import strategies as st
 from tensorframe.backbones.base import Backbone
 from tensorframe.config import ConfigError
 from tensorframe.graph.collate import build_graph
+from tensorframe.graph.padding import pad_graph
 from tensorframe.heads.base import Head
 from tensorframe.heads.named import BornHeadConfig, DielectricHeadConfig, build_born_head, build_dielectric_head
 from tensorframe.hookspecs import hookimpl
@@ -100,6 +102,7 @@ __all__ = [
     "assert_features_batch_consistent",
     "assert_features_continuous_at_cutoff",
     "assert_features_invariant",
+    "assert_features_unchanged_by_padding",
     "assert_features_supercell_consistent",
     "assert_finite_outputs_and_gradients",
     "assert_float32_matches_float64",
@@ -549,6 +552,58 @@ def assert_gradients_reach_parameters(model: TensorModel, samples: Sequence[Samp
         model.zero_grad(set_to_none=True)
 
 
+def assert_features_unchanged_by_padding(model: TensorModel, samples: Sequence[Sample], seed: int = 0,
+                                         atol: float | None = None, rtol: float | None = None) -> None:
+    """On a graph padded to bucket sizes (:func:`~tensorframe.graph.padding.pad_graph`, what
+    ``amp`` training on a CPU runs the backbone on), the real atoms, edges and triplets keep
+    their features, and a loss on them gives every backbone parameter and every edge vector
+    the same gradient: the padding structure must not leak into the real ones, forward or
+    backward (e.g. through a sum over all atoms, or a normalisation over all edges).
+
+    Raises:
+        AssertionError: naming the features or the gradient that the padding changed.
+    """
+    __tracebackhide__ = True
+    graph = model.make_graph(list(samples))
+    parameters = [(name, p) for name, p in model.backbone.named_parameters() if p.requires_grad]
+
+    def run(padded: bool) -> tuple[InvariantFeatures, list[torch.Tensor]]:
+        edge_vec = graph.edge_vec.detach().clone().requires_grad_(True)
+        real = replace(graph, edge_vec=edge_vec)
+        if padded:
+            padding = pad_graph(real)
+            features = padding.unpad(model.backbone(padding.graph))
+        else:
+            features = model.backbone(real)
+        weights = torch.Generator().manual_seed(seed)
+        loss = sum((value * torch.randn(value.shape, generator=weights, dtype=value.dtype)).sum()
+                   for value in (features.node, features.edge, features.triplet) if value is not None)
+        inputs = [edge_vec, *(p for _, p in parameters)]
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        return features, [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs, strict=True)]
+
+    expected, expected_grads = run(False)
+    actual, actual_grads = run(True)
+    for name in ("node", "edge", "triplet"):
+        want, got = getattr(expected, name), getattr(actual, name)
+        if (want is None) != (got is None):
+            raise AssertionError(f"{name} features: present on one graph only (padded: {got is not None})")
+        if want is None:
+            continue
+        a_tol, r_tol = tolerances(want.dtype, atol, rtol)
+        ok, error, tolerance = compare(got.detach(), want.detach(), a_tol, r_tol)
+        if not ok:
+            raise AssertionError(f"{name} features change when the graph is padded: max error {error:.3e} > "
+                                 f"tolerance {tolerance:.3e}")
+    names = ["edge_vec", *(name for name, _ in parameters)]
+    for name, got, want in zip(names, actual_grads, expected_grads, strict=True):
+        a_tol, r_tol = tolerances(want.dtype, atol, rtol)
+        ok, error, tolerance = compare(got, want, a_tol, r_tol)
+        if not ok:
+            raise AssertionError(f"the gradient of {name!r} changes when the graph is padded: max error {error:.3e} > "
+                                 f"tolerance {tolerance:.3e}")
+
+
 def assert_float32_matches_float64(model: TensorModel, samples: Sequence[Sample], rtol: float = 1e-5) -> None:
     """The same weights in float32 and float64 give the same outputs:
     ``max|y32 - y64| <= rtol * max(1, max|y64|)`` for every field; both finite (NaN only where
@@ -758,6 +813,19 @@ class BackboneContract:
     @property_test(samples=st.lists(st.one_of(*_KINDS.values()), min_size=2, max_size=3))
     def test_features_batch_equals_one_by_one(self, contract_model: TensorModel, samples: list[Sample]) -> None:
         assert_features_batch_consistent(contract_model, samples)
+
+    @property_test(samples=st.lists(st.one_of(*_KINDS.values()), min_size=1, max_size=3))
+    def test_features_unchanged_by_padding(self, contract_model: TensorModel, samples: list[Sample]) -> None:
+        """``amp`` on a CPU pads each batch graph to bucket sizes: the real features and the
+        gradients of a loss on them (parameters, edge vectors) must not change."""
+        assert_features_unchanged_by_padding(contract_model, samples)
+
+    def test_degenerate_structures_unchanged_by_padding(self, contract_model: TensorModel) -> None:
+        for name, sample in degenerate_samples().items():
+            try:
+                assert_features_unchanged_by_padding(contract_model, [sample])
+            except AssertionError as error:
+                raise AssertionError(f"{name}: {error}") from None
 
     def test_features_continuous_at_the_cutoff(self, contract_model: TensorModel) -> None:
         assert_features_continuous_at_cutoff(contract_model)

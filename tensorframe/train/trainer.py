@@ -310,7 +310,8 @@ class Trainer:
     def _autocast(self):
         """``amp``: the backbone's matrix products in bfloat16 (CPU and CUDA) for training steps;
         validation and test metrics are computed in the model's dtype, as predictions are."""
-        return self.model.backbone_precision(torch.bfloat16 if self.config.amp else None)
+        return self.model.backbone_precision(torch.bfloat16 if self.config.amp else None,
+                                             padding=self.config.amp_padding)
 
     @torch.no_grad()
     def split_metrics(self, indices: list[int]) -> dict[str, float]:
