@@ -196,7 +196,7 @@ class TrainConfig(_Strict):
 # Keys that may change between a run and its resumption; any other change is refused.
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "max_time_s", "device", "progress", "progress_interval_s", "parity_plots", "tensorboard",
-     "checkpoint_every_steps", "output_dir", "early_stopping", "eval_batch_size", "amp", "graph_cache",
+     "checkpoint_every_steps", "output_dir", "early_stopping", "eval_batch_size", "amp", "amp_padding", "graph_cache",
      "graph_cache_dir", "num_workers", "compile"}
 )
 
