@@ -171,3 +171,20 @@ def test_the_bucket_formula():
     assert [bucket_size(c) for c in (0, 64, 65, 100, 128, 129)] == [64, 64, 80, 112, 128, 160]
     assert bucket_size(27_000) == 16 * math.ceil(64 * 2 ** (35 / 4) / 16) == 27_568
     assert bucket_size(30_000) == 32_768
+
+
+def test_conservative_forces_and_stress_are_unchanged_by_padding():
+    """A float64 model under ``backbone_precision(bfloat16)`` on a CPU is padded but not cast
+    (autocast leaves float64 alone): energy, forces = -dE/dr and stress, which differentiate
+    through the padded graph, equal the unpadded ones."""
+    model = build_contract_model({"name": "reference", "hidden": 16, "num_radial": 8, "triplets": True},
+                                 conservative=True)
+    graph = model.make_graph(contract_samples())
+    spy = model.backbone = _Spy(model.backbone)
+    fields = ["energy", "forces", "stress"]
+    expected = model(graph, fields=fields)
+    with model.backbone_precision(torch.bfloat16):
+        padded = model(graph, fields=fields)
+    assert spy.seen[-1] > graph.num_nodes  # the second pass ran on the padded graph
+    for name in fields:
+        assert torch.allclose(padded[name], expected[name], rtol=1e-10, atol=1e-12, equal_nan=True), name
