@@ -13,11 +13,12 @@ from pathlib import Path
 
 from benchmarks import bench_md
 from benchmarks.peers import available_peers
+from benchmarks.precision import PRECISIONS
 from benchmarks.speed import run_speed
 from benchmarks.suite import BACKBONES, RUNS_DIR, run_suite, split_model_name
 from benchmarks.suite_report import load_speed, merge, write_docs
 from benchmarks.tasks import TASKS
-from benchmarks.toolkit import DOCS, RESULTS, write_json
+from benchmarks.toolkit import DOCS, RESULTS, resolve_device, write_json
 
 SPEED_JSON = RESULTS / "speed.json"
 PLOTS = DOCS.parent / "benchmarks"
@@ -56,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     speed.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (median reported)")
     speed.add_argument("--json", type=Path, default=SPEED_JSON)
     speed.add_argument("--reduced", action="store_true", help="time the reduced-mode subsets (smoke test)")
+    speed.add_argument("--device", default="cpu", help="cpu or cuda: where the in-process models run (default cpu)")
+    speed.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="float32, tf32 (CUDA products) or bf16 (autocast); default float32")
     speed.add_argument("--merge", action="store_true",
                        help="keep the other tasks of an existing --json; the tasks timed now replace theirs")
     md = sub.add_parser("md", help="NVE MD stability of liquid water with trained models (benchmarks/bench_md.py)")
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         backbones = {name: BACKBONES[split_model_name(name)[0]]
                      for name in _names(args.backbones, list(BACKBONES))}
         run_speed(_names(args.tasks, list(TASKS)), backbones, _names(args.peers, available_peers()),
-                  args.repeats, args.json.resolve(), reduced=args.reduced, merge=args.merge)
+                  args.repeats, args.json.resolve(), reduced=args.reduced, merge=args.merge,
+                  device=resolve_device(args.device), precision=args.precision)
         print(f"wrote {args.json}; rewrite the docs with `python -m benchmarks docs --inputs ...`")
         return 0
     tasks = _names(args.tasks, list(TASKS))

@@ -1,7 +1,8 @@
 """Scaling benchmark: time and peak memory of every benchmark backbone and of the e3nn peer
 against the number of atoms, and of ETGNN against its triplet cutoff, all in one process.
 
-    python -m benchmarks.bench_scaling [--device cpu|cuda] [--sizes 64 135 ...] [--repeats 5] [--quick]
+    python -m benchmarks.bench_scaling [--device cpu|cuda] [--precision float32|tf32|bf16] [--sizes 64 135 ...]
+                                       [--repeats 5] [--quick]
                                        [--models reference etgnn ... e3nn] [--json benchmarks/results/scaling.json]
                                        [--docs-path docs/benchmarks.md | --no-docs] [--plots docs/benchmarks | --no-plots]
 
@@ -21,6 +22,11 @@ built beforehand; one training step's forward + backward (train mode, gradients 
 each call) of the sum over fields of the mean square of the predictions; and graph building
 (with triplets, and edges only as the peer uses). Series 2, against the triplet cutoff: both
 ETGNN configs on one supercell (about 640 atoms) with triplet cutoffs 2.5 ... 5.0 Å.
+
+Precision (:mod:`benchmarks.precision`): float32 by default; ``tf32`` (CUDA products) or ``bf16``
+(a tensorframe model's ``backbone_precision``, the peer under ``torch.autocast``). A run on
+another device or precision than CPU float32 writes its own JSON, docs section and plots
+(``scaling-<device>-<precision>``), so the CPU tables stay.
 
 Timing (:func:`benchmarks.toolkit.measure_after_warmup`): one warm-up call, then the median of
 ``--repeats`` calls (a single call when the warm-up took longer than ``--slow-call-s``), then one
@@ -46,6 +52,7 @@ import torch
 from torch import nn
 
 from benchmarks.bench_backbones import LATTICE, RATTLE, perovskite_supercell, supercell_reps
+from benchmarks.precision import PRECISIONS, check_precision, matmul_precision, peer_call, tensorframe_call
 from benchmarks.suite import BACKBONES
 from benchmarks.toolkit import (
     DOCS,
@@ -73,7 +80,7 @@ from benchmarks.toolkit import (
     slopes,
     written_by,
 )
-from tensorframe import get_registry
+from tensorframe import TensorModel, get_registry
 from tensorframe.graph import build_graph
 from tensorframe.types import Graph, Sample
 
@@ -102,7 +109,6 @@ LARGE_ATOMS = 300  # slopes are also fitted over the sizes from here on, where f
 MAX_CALL_S = 20.0
 MAX_MEMORY_GB = 12.0
 SLOW_CALL_S = 2.0
-DEFAULT_JSON = RESULTS / "scaling.json"
 DEFAULT_PLOTS = DOCS.parent / "benchmarks"
 ATOMS_PLOT = "scaling_atoms.png"
 TRIPLET_PLOT = "scaling_triplet_cutoff.png"
@@ -198,6 +204,7 @@ class Settings:
     slow_call_s: float
     max_call_s: float
     max_memory_mb: float
+    precision: str = "float32"
 
 
 @dataclass
@@ -260,7 +267,9 @@ def measure_model(module: nn.Module, graph: Graph, guards: dict[str, SeriesGuard
                   settings: Settings) -> dict[str, dict[str, Any]]:
     """Forward (eval, inference mode) and forward + backward (train mode) of one model on one graph."""
     out = {}
-    for mode, call in mode_calls(module, module, prediction_loss, graph, torch.inference_mode).items():
+    for mode, plain in mode_calls(module, module, prediction_loss, graph, torch.inference_mode).items():
+        call = (tensorframe_call(module, plain, settings.precision) if isinstance(module, TensorModel)
+                else peer_call(settings.device, plain, settings.precision))
         module.train(mode == "forward_backward")
         out[mode] = _per_atom(run_point(call, guards[mode], work, where, settings), graph.num_nodes)
         module.zero_grad(set_to_none=True)
@@ -418,6 +427,7 @@ def run(sizes: Sequence[int], names: Sequence[str], triplet_size: int | None, tr
             "structure": "rattled cubic BaTiO3 perovskite supercell (benchmarks.bench_backbones.perovskite_supercell)",
             "lattice_A": LATTICE, "rattle_A": RATTLE, "density_per_A3": 5 / LATTICE**3, "seed": 0,
             "cutoff_A": CUTOFF, "triplet_cutoff_A": TRIPLET_CUTOFF, "dtype": "float32",
+            "precision": settings.precision,
             "heads": [dict(h) for h in HEADS],
             "forward": "eval mode, torch.inference_mode, on a graph built beforehand",
             "forward_backward": "train mode, gradients freed (set to None) before each call, forward + backward of "
@@ -475,7 +485,8 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: dict[str, str
         machine_line(env, cuda=True),
         f"- Structure: {settings['structure']}, a = {settings['lattice_A']} Å ({settings['density_per_A3']:.3f} "
         f"atoms/Å³), rattle {settings['rattle_A']} Å; cutoff {settings['cutoff_A']} Å, triplet cutoff "
-        f"{settings['triplet_cutoff_A']} Å; {settings['dtype']}.",
+        f"{settings['triplet_cutoff_A']} Å; {settings['dtype']} tensors, products in "
+        f"{settings.get('precision', 'float32')} (benchmarks/precision.py).",
         f"- Models (heads: {heads}): "
         + "; ".join(f"*{n}* = {m['description']}, {m['parameters']:,} parameters" for n, m in result["models"].items())
         + f". {_peer_words(settings['peer'])} {settings['mace']}.",
@@ -637,6 +648,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          f"{QUICK_TRIPLET_CUTOFFS} (a smoke run)",
                          DEFAULT_SIZES, "timed calls per point after the warm-up (default 5, quick 1)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available, else cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="float32 (default), tf32 (CUDA products) or bf16 (autocast)")
     parser.add_argument("--models", nargs="+", choices=model_names(), help="models to measure (default: all)")
     parser.add_argument("--triplet-size", type=int, help=f"atoms of the triplet-cutoff series (default {TRIPLET_SIZE})")
     parser.add_argument("--triplet-cutoffs", type=float, nargs="*",
@@ -648,7 +661,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"skip points predicted above this peak memory (default {MAX_MEMORY_GB:g} GiB)")
     parser.add_argument("--slow-call-s", type=float, default=SLOW_CALL_S,
                         help=f"time a single call when the warm-up took longer (default {SLOW_CALL_S:g} s)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="result file (default benchmarks/results/scaling.json)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="result file (default benchmarks/results/scaling.json; scaling-<device>-<precision>.json "
+                             "for another device or precision than CPU float32)")
     parser.add_argument("--docs-path", type=Path, default=DOCS, help="markdown file whose scaling section is rewritten")
     parser.add_argument("--no-docs", action="store_true", help="do not touch the markdown file")
     parser.add_argument("--plots", type=Path, default=DEFAULT_PLOTS, help="folder for the two PNG plots")
@@ -668,20 +683,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = resolve_device(args.device)
+    check_precision(args.precision, device)
+    section = output_name(device, args.precision)
+    json_path = args.json or RESULTS / f"{section}.json"
     torch.set_num_threads(args.threads)
     if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") != str(args.threads):
         log(f"warning: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} while torch uses {args.threads} thread(s); "
             f"CPU timings are meant to run with OMP_NUM_THREADS={args.threads}")
-    settings = Settings(device, args.repeats, args.slow_call_s, args.max_call_s, 1024 * args.max_memory_gb)
-    result = run(args.sizes, args.models, args.triplet_size, args.triplet_cutoffs, settings)
+    settings = Settings(device, args.repeats, args.slow_call_s, args.max_call_s, 1024 * args.max_memory_gb,
+                        args.precision)
+    with matmul_precision(args.precision, device):
+        result = run(args.sizes, args.models, args.triplet_size, args.triplet_cutoffs, settings)
     plots: dict[str, str] = {}
+    suffix = "" if section == "scaling" else section.removeprefix("scaling")
     for name, plot in ((ATOMS_PLOT, plot_atoms), (TRIPLET_PLOT, plot_triplet_cutoff)):
         if not args.no_plots and (name == ATOMS_PLOT or result["triplet_cutoff_series"]):
-            plot(result, args.plots / name)
-            plots[name] = os.path.relpath((args.plots / name).resolve(), args.docs_path.resolve().parent)
-    markdown = render_markdown(result, display_path(args.json), plots)
-    publish(result, args.json, markdown, "scaling", None if args.no_docs else args.docs_path)
+            path = args.plots / name.replace(".png", f"{suffix}.png")
+            plot(result, path)
+            plots[name] = os.path.relpath(path.resolve(), args.docs_path.resolve().parent)
+    markdown = render_markdown(result, display_path(json_path), plots)
+    publish(result, json_path, markdown, section, None if args.no_docs else args.docs_path)
     return result
+
+
+def output_name(device: torch.device, precision: str) -> str:
+    """``scaling`` for CPU float32 (the docs' main section), else ``scaling-<device>-<precision>``."""
+    return "scaling" if device.type == "cpu" and precision == "float32" else f"scaling-{device.type}-{precision}"
 
 
 if __name__ == "__main__":

@@ -62,11 +62,14 @@ def train_throughput(record: dict[str, Any], n_train: int) -> float | None:
 
 
 def load_speed(path: Path, backbone_configs: dict[str, Any]) -> dict[str, Any] | None:
-    """The side-by-side speed JSON (:mod:`benchmarks.speed`) when it exists and timed the same
-    backbone configurations as the suite; otherwise None (the training-run timings are shown)."""
+    """The side-by-side speed JSON (:mod:`benchmarks.speed`) when it exists, timed the same
+    backbone configurations as the suite, and ran them as the suite does (CPU, float32);
+    otherwise None (the training-run timings are shown)."""
     if not path.exists():
         return None
     speed = json.loads(path.read_text())
+    if speed.get("device", "cpu") != "cpu" or speed.get("precision", "float32") != "float32":
+        return None
     timed = speed.get("backbone_configs", {})  # models it did not time (e.g. conservative variants) show their run's timings
     shared = [name for name in backbone_configs if name in timed]
     same = bool(shared) and all(timed[name] == backbone_configs[name] for name in shared)

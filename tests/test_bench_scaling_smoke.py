@@ -145,3 +145,28 @@ def test_cuda_without_a_gpu_raises():
     with pytest.raises(ValueError, match="CUDA is not available"):
         bench.resolve_device("cuda")
     assert bench.resolve_device(None).type == "cpu"
+
+
+def test_a_bfloat16_run_writes_its_own_json_section_and_plots(tmp_path):
+    """``--precision bf16``: tensorframe models under their ``backbone_precision``, the e3nn peer
+    under ``torch.autocast`` (its failure recorded, not raised); results go to
+    ``scaling-cpu-bf16`` (JSON name, docs section, plot names), leaving the CPU float32 ones."""
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n<!-- scaling:start -->\nfloat32 table\n<!-- scaling:end -->\n")
+    bench.main(["--quick", "--sizes", "10", "--models", "reference", "e3nn", "--triplet-cutoffs", "--device", "cpu",
+                "--precision", "bf16", "--json", str(tmp_path / "scaling-cpu-bf16.json"), "--docs-path", str(docs),
+                "--plots", str(tmp_path / "plots")])
+    result = json.loads((tmp_path / "scaling-cpu-bf16.json").read_text())
+    assert result["settings"]["precision"] == "bf16"
+    (row,) = result["atoms_series"]
+    assert row["models"]["reference"]["forward"]["median_ms"] > 0
+    assert row["models"]["reference"]["forward_backward"]["median_ms"] > 0
+    # e3nn 0.6's tensor products mix dtypes under autocast: the error is recorded for its points
+    assert "median_ms" in row["models"]["e3nn"]["forward"] or "same dtype" in row["models"]["e3nn"]["forward"]["error"]
+    text = docs.read_text()
+    assert "float32 table" in text and "<!-- scaling-cpu-bf16:start -->" in text and "products in bf16" in text
+    assert (tmp_path / "plots" / "scaling_atoms-cpu-bf16.png").exists()
+    assert bench.output_name(torch.device("cpu"), "float32") == "scaling"
+    with pytest.raises(ValueError, match="tf32"):
+        bench.main(["--quick", "--device", "cpu", "--precision", "tf32", "--no-docs", "--no-plots",
+                    "--json", str(tmp_path / "x.json")])

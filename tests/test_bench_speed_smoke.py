@@ -54,3 +54,26 @@ def test_docs_take_inference_speeds_and_bar_2_from_the_speed_pass(speed_run):
     assert load_speed(path, {"reference": BACKBONES["reference"]}) is not None
     assert "side by side" in section({"environment": {}, "mode": "full", "backbone_configs": {}, "inference": "x",
                                       "training_throughput": "y", "memory_method": "z", "tasks": {}}, "s.json", speed)
+
+
+def test_speed_pass_in_bfloat16_records_its_precision_and_is_not_used_for_the_suite_docs(tmp_path):
+    """``--precision bf16`` on the CPU: the tensorframe model under its ``backbone_precision``, the
+    e3nn peer under ``torch.autocast``; the JSON says so, and the suite's docs (CPU, float32) do not
+    take its speeds."""
+    out = tmp_path / "speed-bf16.json"
+    assert main(["speed", "--reduced", "--tasks", TASK, "--backbones", "reference", "--peers", "e3nn",
+                 "--repeats", "1", "--precision", "bf16", "--json", str(out)]) == 0
+    speed = json.loads(out.read_text())
+    assert speed["precision"] == "bf16" and speed["device"] == "cpu"
+    models = speed["tasks"][TASK]["models"]
+    assert speed["tasks"][TASK]["precision"] == "bf16" and models["reference"]["structures_per_s"] > 0
+    # e3nn 0.6's tensor products mix dtypes under autocast: recorded as unsupported, with why.
+    e3nn = models["e3nn"]
+    assert e3nn.get("structures_per_s", 0) > 0 or (not e3nn["supported"] and "fails under bf16" in e3nn["reason"])
+    assert load_speed(out, {"reference": BACKBONES["reference"]}) is None
+
+
+def test_speed_pass_refuses_tf32_off_cuda(tmp_path):
+    with pytest.raises(ValueError, match="tf32"):
+        main(["speed", "--reduced", "--tasks", TASK, "--backbones", "reference", "--peers", "none",
+              "--precision", "tf32", "--device", "cpu", "--json", str(tmp_path / "s.json")])
