@@ -122,3 +122,12 @@ def test_etgnn_triplet_blocks_in_inference_match_the_autograd_path(dtype, activa
         actual = model.features(graph)
     for name in ("node", "edge", "triplet"):
         assert_close_to(getattr(actual, name), getattr(expected, name).detach(), dtype)
+
+
+def test_no_blocks_under_autocast():
+    """The blocks write with ``out=``, which autocast does not cast: under autocast the
+    whole-tensor form runs (ETGNN's triplet blocks once failed with mixed dtypes there)."""
+    with torch.no_grad():
+        assert blocking.blocked_inference()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not blocking.blocked_inference()

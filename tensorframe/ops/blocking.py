@@ -23,10 +23,12 @@ has enough work to outweigh its call). Measured against whole tensors by
 
 
 def blocked_inference() -> bool:
-    """Whether to run on blocks: no autograd graph is being recorded and ``torch.compile`` is
+    """Whether to run on blocks: no autograd graph is being recorded, ``torch.compile`` is
     not tracing (it fuses the whole-tensor form itself; a loop whose length follows the number
-    of triplets would be unrolled and recompiled for every batch)."""
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    of triplets would be unrolled and recompiled for every batch), and no autocast is active
+    (the blocks write into preallocated outputs with ``out=``, which autocast does not cast)."""
+    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda"))
 
 
 def row_blocks(rows: int, width: int) -> Iterator[slice]:

@@ -42,7 +42,7 @@ def _is_model(model_or_fn: ModelOrFn) -> bool:
 
 
 def model_outputs(model_or_fn: ModelOrFn, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
-    """Run a model (in eval mode, restored after) or a callable on a batch; detached outputs.
+    """Run a model (in eval mode, restored after) or a callable on a batch; detached outputs on the CPU.
 
     Autograd stays enabled, so heads that differentiate (e.g. conservative forces) work.
 
@@ -59,7 +59,8 @@ def model_outputs(model_or_fn: ModelOrFn, samples: Sequence[Sample]) -> dict[str
             outputs = model(model.make_graph(samples))
         finally:
             model.train(was_training)
-    return {name: torch.as_tensor(value).detach() for name, value in outputs.items()}
+    # On the CPU: the checks compare in float64 against e3nn's CPU tensors, whatever the model's device.
+    return {name: torch.as_tensor(value).detach().cpu() for name, value in outputs.items()}
 
 
 def field_specs(model_or_fn: ModelOrFn, fields: Mapping[str, FieldSpec] | None = None) -> dict[str, FieldSpec]:
