@@ -485,8 +485,8 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: dict[str, str
         machine_line(env, cuda=True),
         f"- Structure: {settings['structure']}, a = {settings['lattice_A']} Å ({settings['density_per_A3']:.3f} "
         f"atoms/Å³), rattle {settings['rattle_A']} Å; cutoff {settings['cutoff_A']} Å, triplet cutoff "
-        f"{settings['triplet_cutoff_A']} Å; {settings['dtype']} tensors, products in "
-        f"{settings.get('precision', 'float32')} (benchmarks/precision.py).",
+        f"{settings['triplet_cutoff_A']} Å; {settings['dtype']}"
+        + (f" tensors, products in {settings['precision']} (benchmarks/precision.py)." if "precision" in settings else "."),
         f"- Models (heads: {heads}): "
         + "; ".join(f"*{n}* = {m['description']}, {m['parameters']:,} parameters" for n, m in result["models"].items())
         + f". {_peer_words(settings['peer'])} {settings['mace']}.",

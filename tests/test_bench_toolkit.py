@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_backbones, bench_completeness, bench_core, bench_kernels, bench_md, bench_scaling
+from benchmarks import (
+    bench_backbones,
+    bench_completeness,
+    bench_core,
+    bench_flops,
+    bench_kernels,
+    bench_md,
+    bench_scaling,
+)
 from benchmarks.suite_report import load_speed, merge, section
 from benchmarks.toolkit import DOCS, RESULTS, interleaved_rounds, quick_defaults
 
@@ -59,8 +67,9 @@ RENDERERS = {
     "completeness": ("completeness.json", lambda: bench_completeness.render(_load("completeness.json"))),
     "md": ("md.json", lambda: bench_md.render(_load("md.json"))),
     "kernels": ("kernels.json", lambda: bench_kernels.render(_load("kernels.json"))),
+    "flops": ("flops.json", lambda: bench_flops.render(_load("flops.json"))),
 }
-SECTIONS = re.findall(r"^<!-- (\w+):start -->$", DOCS.read_text(), flags=re.MULTILINE)
+SECTIONS = re.findall(r"^<!-- ([\w-]+):start -->$", DOCS.read_text(), flags=re.MULTILINE)
 
 
 def test_every_docs_section_is_checked_against_its_stored_json():
