@@ -14,11 +14,11 @@ from pathlib import Path
 from benchmarks import bench_md
 from benchmarks.peers import available_peers
 from benchmarks.precision import PRECISIONS
-from benchmarks.speed import run_speed
+from benchmarks.speed import render_speed, run_speed, section_name
 from benchmarks.suite import BACKBONES, RUNS_DIR, run_suite, split_model_name
 from benchmarks.suite_report import load_speed, merge, write_docs
 from benchmarks.tasks import TASKS
-from benchmarks.toolkit import DOCS, RESULTS, resolve_device, write_json
+from benchmarks.toolkit import DOCS, RESULTS, display_path, replace_section, resolve_device, write_json
 
 SPEED_JSON = RESULTS / "speed.json"
 PLOTS = DOCS.parent / "benchmarks"
@@ -62,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
                        help="float32, tf32 (CUDA products) or bf16 (autocast); default float32")
     speed.add_argument("--merge", action="store_true",
                        help="keep the other tasks of an existing --json; the tasks timed now replace theirs")
+    speed_docs = sub.add_parser("speed-docs", help="write a speed JSON's table into its own docs section "
+                                                   "(speed-<device>-<precision>), e.g. the GPU pass's")
+    speed_docs.add_argument("--json", type=Path, required=True)
+    speed_docs.add_argument("--docs", type=Path, default=DOCS)
     md = sub.add_parser("md", help="NVE MD stability of liquid water with trained models (benchmarks/bench_md.py)")
     bench_md.add_arguments(md)
     return p
@@ -76,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json.resolve(), result)
         write_docs(result, args.json.resolve(), speed=load_speed(args.speed, result["backbone_configs"]))
         print(f"wrote {args.json} and the suite section of docs/benchmarks.md")
+        return 0
+    if args.command == "speed-docs":
+        speed = json.loads(args.json.read_text())
+        name = section_name(speed)
+        replace_section(args.docs, name, render_speed(speed, display_path(args.json)))
+        print(f"wrote the {name} section of {args.docs}")
         return 0
     if args.command == "speed":
         backbones = {name: BACKBONES[split_model_name(name)[0]]

@@ -41,6 +41,7 @@ in edges + triplets would exceed ``--max-memory-gb``; such points are recorded a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -668,6 +669,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="do not touch the markdown file")
     parser.add_argument("--plots", type=Path, default=DEFAULT_PLOTS, help="folder for the two PNG plots")
     parser.add_argument("--no-plots", action="store_true", help="write no plots")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="measure nothing: write the docs section and plots of this stored record (e.g. a JSON "
+                             "that benchmarks/gpu_pass.sh brought back)")
     args = quick_defaults(parser.parse_args(argv), sizes=(QUICK_SIZES, DEFAULT_SIZES), repeats=(1, 5),
                           models=(model_names(), model_names()), triplet_size=(QUICK_TRIPLET_SIZE, TRIPLET_SIZE),
                           triplet_cutoffs=(QUICK_TRIPLET_CUTOFFS, TRIPLET_CUTOFFS))
@@ -682,18 +686,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    check_precision(args.precision, device)
-    section = output_name(device, args.precision)
-    json_path = args.json or RESULTS / f"{section}.json"
-    torch.set_num_threads(args.threads)
-    if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") != str(args.threads):
-        log(f"warning: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} while torch uses {args.threads} thread(s); "
-            f"CPU timings are meant to run with OMP_NUM_THREADS={args.threads}")
-    settings = Settings(device, args.repeats, args.slow_call_s, args.max_call_s, 1024 * args.max_memory_gb,
-                        args.precision)
-    with matmul_precision(args.precision, device):
-        result = run(args.sizes, args.models, args.triplet_size, args.triplet_cutoffs, settings)
+    if args.from_json is not None:  # a stored record (e.g. the GPU pass's): its docs section and plots only
+        result = json.loads(args.from_json.read_text())
+        section = output_name(torch.device(result["device"]), result["settings"].get("precision", "float32"))
+        json_path = args.from_json
+    else:
+        device = resolve_device(args.device)
+        check_precision(args.precision, device)
+        section = output_name(device, args.precision)
+        json_path = args.json or RESULTS / f"{section}.json"
+        torch.set_num_threads(args.threads)
+        if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") != str(args.threads):
+            log(f"warning: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} while torch uses {args.threads} "
+                f"thread(s); CPU timings are meant to run with OMP_NUM_THREADS={args.threads}")
+        settings = Settings(device, args.repeats, args.slow_call_s, args.max_call_s, 1024 * args.max_memory_gb,
+                            args.precision)
+        with matmul_precision(args.precision, device):
+            result = run(args.sizes, args.models, args.triplet_size, args.triplet_cutoffs, settings)
     plots: dict[str, str] = {}
     suffix = "" if section == "scaling" else section.removeprefix("scaling")
     for name, plot in ((ATOMS_PLOT, plot_atoms), (TRIPLET_PLOT, plot_triplet_cutoff)):

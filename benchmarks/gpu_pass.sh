@@ -18,8 +18,11 @@
 #   tests.log                  nvidia-smi, versions, and tests/test_devices.py (the CUDA cases run)
 #   scaling-cuda-<p>.json      python -m benchmarks.bench_scaling --device cuda --precision <p>
 #   speed-cuda-<p>.json        python -m benchmarks speed --device cuda --precision <p>
-# for p in float32, tf32, bf16. Back here, copy them into benchmarks/results/ and write the
-# tables (docs/benchmarks.md says how).
+# for p in float32, tf32, bf16. Back here, copy them into benchmarks/results/ and write their
+# docs sections (their own, never the CPU ones):
+#   python -m benchmarks.bench_scaling --from-json benchmarks/results/scaling-cuda-<p>.json
+#   python -m benchmarks speed-docs --json benchmarks/results/speed-cuda-<p>.json
+# then register those sections in tests/test_bench_toolkit.py (RENDERERS).
 set -u
 
 here="$(cd "$(dirname "$0")/.." && pwd)"

@@ -198,6 +198,41 @@ def run_speed(task_names: Sequence[str], backbones: dict[str, dict[str, Any]], p
     return result
 
 
+def section_name(speed: dict[str, Any]) -> str:
+    """The docs section of a speed JSON: ``speed-<device>-<precision>`` (e.g. speed-cuda-bf16)."""
+    return f"speed-{torch.device(speed.get('device', 'cpu')).type}-{speed.get('precision', 'float32')}"
+
+
+def render_speed(speed: dict[str, Any], json_path: str) -> str:
+    """A speed JSON as a docs section: per task, every model's structures/s and atoms/s and its
+    ratio to the e3nn peer's (a model that could not run shows why)."""
+    from benchmarks.toolkit import machine_line, markdown_table, written_by
+
+    env = speed["environment"]
+    device, precision = speed.get("device", "cpu"), speed.get("precision", "float32")
+    gpu = f" ({env['cuda']})" if device.startswith("cuda") and env.get("cuda") else ""
+    lines = [f"## Inference speed side by side: {device}, {precision}", "",
+             written_by("python -m benchmarks speed", env, json_path), "",
+             f"- Device: **{device}**{gpu}; "
+             f"precision **{precision}** (benchmarks/precision.py).", machine_line(env, cuda=True),
+             f"- Protocol: {speed['protocol']}; {speed['repeats']} rounds.", ""]
+    rows = []
+    for task, record in speed["tasks"].items():
+        if "skipped" in record:
+            rows.append([task, "–", f"skipped: {record['skipped']}", "", "", ""])
+            continue
+        peer = record["models"].get("e3nn", {}).get("structures_per_s")
+        for name, model in record["models"].items():
+            rate = model.get("structures_per_s")
+            if rate is None:
+                rows.append([task, name, "–", "–", "–", model.get("reason", "not timed")])
+                continue
+            ratio = f"{rate / peer:.2f}x" if peer and name != "e3nn" else "–"
+            rows.append([task, name, f"{rate:.3g}", f"{model['atoms_per_s']:.3g}", ratio, ""])
+    lines.append(markdown_table(["task", "model", "structures/s", "atoms/s", "vs e3nn", "note"], rows))
+    return "\n".join(lines)
+
+
 def speeds_for(speed: dict[str, Any] | None, task: str) -> dict[str, float] | None:
     """{model: structures/s} of ``task`` from a speed JSON, or None."""
     if not speed or task not in speed.get("tasks", {}):

@@ -170,3 +170,16 @@ def test_a_bfloat16_run_writes_its_own_json_section_and_plots(tmp_path):
     with pytest.raises(ValueError, match="tf32"):
         bench.main(["--quick", "--device", "cpu", "--precision", "tf32", "--no-docs", "--no-plots",
                     "--json", str(tmp_path / "x.json")])
+
+
+def test_a_stored_record_is_rendered_into_its_own_section_without_measuring(tmp_path, quick_run, monkeypatch):
+    """``--from-json``: the GPU pass's records become their own docs section and plots here."""
+    result, _, _ = quick_run
+    record = dict(result, device="cuda", settings={**result["settings"], "precision": "tf32"})
+    stored = tmp_path / "scaling-cuda-tf32.json"
+    stored.write_text(json.dumps(record))
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("--from-json must not measure"))
+    docs = tmp_path / "benchmarks.md"
+    bench.main(["--from-json", str(stored), "--docs-path", str(docs), "--plots", str(tmp_path / "plots")])
+    assert "<!-- scaling-cuda-tf32:start -->" in docs.read_text() and "products in tf32" in docs.read_text()
+    assert (tmp_path / "plots" / "scaling_atoms-cuda-tf32.png").exists()

@@ -77,3 +77,16 @@ def test_speed_pass_refuses_tf32_off_cuda(tmp_path):
     with pytest.raises(ValueError, match="tf32"):
         main(["speed", "--reduced", "--tasks", TASK, "--backbones", "reference", "--peers", "none",
               "--precision", "tf32", "--device", "cpu", "--json", str(tmp_path / "s.json")])
+
+
+def test_speed_docs_writes_a_table_into_the_json_s_own_section(speed_run, tmp_path):
+    path, _ = speed_run
+    speed = json.loads(path.read_text())  # as stored (another test edits the fixture's dict)
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    assert main(["speed-docs", "--json", str(path), "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert "<!-- speed-cpu-float32:start -->" in text and "## Inference speed side by side: cpu, float32" in text
+    rate = speed["tasks"][TASK]["models"]["reference"]["structures_per_s"]
+    peer = speed["tasks"][TASK]["models"]["e3nn"]["structures_per_s"]
+    assert f"| {TASK} | reference | {rate:.3g} |" in text and f"{rate / peer:.2f}x" in text
