@@ -12,9 +12,11 @@ Protocol per task: the test split of the full task, ``predict`` with batch 16 un
 model, then ``repeats`` interleaved rounds. ``--device cuda`` runs the in-process models on the
 GPU (graphs are built there; ``predict`` returns numpy arrays, so every timed call ends
 synchronised), and ``--precision`` (:mod:`benchmarks.precision`) times them with TF32 products
-(CUDA) or bfloat16 autocast instead of plain float32; the subprocess peers run on the CPU only. Weights are freshly initialised (seed 0): the cost of
-a forward pass does not depend on the weights' values, and the architectures, graphs and heads are
-those of the suite's trained models. MACE runs in its own virtual environment, so it is timed by
+(CUDA) or bfloat16 autocast instead of plain float32; the subprocess peers run on the CPU only.
+Before its warm-up each model predicts one batch: a model that fails so (e3nn under bfloat16
+autocast) is recorded with its error instead of a time. Weights are freshly initialised
+(seed 0): the cost of a forward pass does not depend on the weights' values, and the
+architectures, graphs and heads are those of the suite's trained models. MACE runs in its own virtual environment, so it is timed by
 its runner in a subprocess right after the in-process models (same machine, same split, same
 batch size); their numbers say so.
 """
